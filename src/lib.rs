@@ -1,5 +1,14 @@
-//! braid: a DTM-compatible distributed transaction manager. See `design.md` for the shape of the system.
+//! braid: a DTM-compatible distributed transaction manager, built to run as a horizontally scaled,
+//! Kubernetes-native cluster. The modules follow `design.md`: `api` -> `engine` -> (`store`, `invoke`);
+//! `cluster` decides which due transactions this replica scans.
 
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod engine;
+pub mod invoke;
 pub mod metrics;
 pub mod model;
+pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -1,1 +1,99 @@
-fn main(){}
+//! The `braid` binary: parses the command line, loads the configuration, and runs the chosen command.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use braid::config::{Config, ServeArgs};
+use braid::server::{Server, StartOptions};
+
+/// braid: a DTM-compatible distributed transaction manager.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default command).
+    Serve(ServeArgs),
+    /// Create or upgrade the store schema, then exit.
+    Migrate(ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("braid: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("braid: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (command, args) = match cli.command {
+        None => ("serve", cli.serve),
+        Some(Command::Serve(a)) => ("serve", a),
+        Some(Command::Migrate(a)) => ("migrate", a),
+    };
+    let config = Config::load(&args)?;
+    braid::telemetry::init(&config.log_level, config.log_format)?;
+    match command {
+        "migrate" => {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let store = braid::server::open_store(&config.store, &cancel).await?;
+            tracing::info!(kind = store.kind(), "migrations applied");
+            Ok(())
+        }
+        _ => {
+            let server = Server::start(&config, StartOptions::default()).await.context("starting the server")?;
+            let cancel = server.cancel_token();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested");
+                cancel.cancel();
+            });
+            server.run_until_stopped().await;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

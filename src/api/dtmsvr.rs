@@ -1,0 +1,300 @@
+//! Handlers of `/api/dtmsvr/*` (spec §4.1).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+
+use super::body::{TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num};
+use super::{AppState, Error, Result, render};
+use crate::engine::{PassError, PassResult, SubmitOutcome};
+use crate::model::{GlobalStatus, Gid, Millis, Subscriber, TOPICS_CAT, TransType};
+use crate::store::ScanFilter;
+
+/// `{"dtm_result":"SUCCESS"}`.
+fn success() -> Json<Value> {
+    Json(json!({"dtm_result": "SUCCESS"}))
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/version", get(version))
+        .route("/newGid", get(new_gid))
+        .route("/prepare", post(prepare))
+        .route("/submit", post(submit))
+        .route("/abort", post(abort))
+        .route("/forceStop", post(force_stop))
+        .route("/registerBranch", post(register_branch))
+        .route("/registerXaBranch", post(register_branch))
+        .route("/registerTccBranch", post(register_branch))
+        .route("/prepareWorkflow", post(prepare_workflow))
+        .route("/query", get(query))
+        .route("/all", get(all))
+        .route("/resetCronTime", get(reset_cron_time))
+        .route("/resetNextCronTime", post(reset_next_cron_time))
+        .route("/subscribe", get(subscribe))
+        .route("/unsubscribe", get(unsubscribe))
+        .route("/topic/{name}", delete(delete_topic))
+        .route("/scanKV", get(scan_kv))
+        .route("/queryKV", get(query_kv))
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": concat!("v", env!("CARGO_PKG_VERSION"))}))
+}
+
+async fn new_gid(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"gid": s.engine.new_gid().as_str(), "dtm_result": "SUCCESS"}))
+}
+
+async fn prepare(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let req = parse_json::<TransBody>(&body)?.into_request()?;
+    s.engine.prepare(req).await?;
+    Ok(success())
+}
+
+/// The reply of a synchronous (`wait_result`) pass (spec §4.3).
+fn pass_reply(result: PassResult) -> Result<Json<Value>> {
+    match result.status {
+        GlobalStatus::Succeed => Ok(success()),
+        GlobalStatus::Failed => {
+            let reason = if result.rollback_reason.is_empty() {
+                "wait result not return success".to_owned()
+            } else {
+                result.rollback_reason
+            };
+            Err(Error::Failure(reason))
+        }
+        _ => match result.error {
+            Some(PassError::Ongoing) => Err(Error::Ongoing("ONGOING".to_owned())),
+            Some(PassError::Failure(m) | PassError::Error(m)) => Err(Error::Internal(m)),
+            None => Err(Error::Failure(format!("wait result not return success: status is '{}'", result.status))),
+        },
+    }
+}
+
+async fn submit(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let req = parse_json::<TransBody>(&body)?.into_request()?;
+    match s.engine.submit(req).await? {
+        SubmitOutcome::Accepted => Ok(success()),
+        SubmitOutcome::Processed(result) => pass_reply(result),
+    }
+}
+
+async fn abort(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let b: TransBody = parse_json(&body)?;
+    let gid = parse_gid(&b.gid)?;
+    let trans_type = parse_trans_type(&b.trans_type)?;
+    match s.engine.abort(&gid, trans_type, b.rollback_reason).await? {
+        SubmitOutcome::Accepted => Ok(success()),
+        SubmitOutcome::Processed(result) => pass_reply(result),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct GidBody {
+    #[serde(default)]
+    gid: Option<String>,
+}
+
+fn gid_of(body: &Bytes) -> Result<Gid> {
+    let b: GidBody = parse_json(body)?;
+    parse_gid(b.gid.as_deref().unwrap_or_default())
+}
+
+async fn force_stop(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    s.engine.force_stop(&gid_of(&body)?).await?;
+    Ok(success())
+}
+
+async fn register_branch(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let b = parse_register(&body)?;
+    s.engine.register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields).await?;
+    Ok(success())
+}
+
+async fn prepare_workflow(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let mut req = parse_json::<TransBody>(&body)?.into_request()?;
+    req.trans_type = TransType::Workflow;
+    let (txn, branches) = s.engine.prepare_workflow(req).await?;
+    let progresses: Vec<Value> = branches.iter().map(render::branch).collect();
+    Ok(Json(json!({"transaction": render::txn(&txn), "progresses": progresses})))
+}
+
+async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let raw = q.get("gid").map(String::as_str).unwrap_or_default();
+    if raw.is_empty() {
+        return Err(Error::BadRequest("query parameter 'gid' is required (no gid specified)".to_owned()));
+    }
+    let gid = parse_gid(raw)?;
+    let store = s.engine.store();
+    let Some(txn) = store.find_txn(&gid).await? else {
+        return Ok(Json(json!({"transaction": null, "branches": []})));
+    };
+    let branches: Vec<Value> = store.find_branches(&gid).await?.iter().map(render::branch).collect();
+    Ok(Json(json!({"transaction": render::txn(&txn), "branches": branches})))
+}
+
+async fn all(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let store = s.engine.store();
+    if let Some(raw) = q.get("gid").filter(|g| !g.is_empty()) {
+        let gid = parse_gid(raw)?;
+        let found: Vec<Value> = store.find_txn(&gid).await?.iter().map(render::txn).collect();
+        return Ok(Json(json!({"transactions": found, "next_position": ""})));
+    }
+    let limit: u32 = query_num(&q, "limit", 100)?;
+    if limit == 0 || limit > 1000 {
+        return Err(Error::BadRequest(format!("query parameter 'limit' must be between 1 and 1000, got {limit}")));
+    }
+    let status = match q.get("status").filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.parse::<GlobalStatus>().map_err(|e| Error::BadRequest(format!("query parameter 'status': {e}")))?),
+        None => None,
+    };
+    let trans_type = match q.get("transType").filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.parse::<TransType>().map_err(|e| Error::BadRequest(format!("query parameter 'transType': {e}")))?),
+        None => None,
+    };
+    let position: i64 = query_num(&q, "position", 0)?;
+    let start: i64 = query_num(&q, "createTimeStart", 0)?;
+    let end: i64 = query_num(&q, "createTimeEnd", 0)?;
+    let filter = ScanFilter {
+        before_id: (position > 0).then_some(position),
+        limit,
+        status,
+        trans_type,
+        create_time_start: (start > 0).then_some(Millis(start)),
+        create_time_end: (end > 0).then_some(Millis(end)),
+    };
+    let txns = store.scan_txns(&filter).await?;
+    let next = if txns.len() == limit as usize { txns.last().map(|t| t.id.to_string()).unwrap_or_default() } else { String::new() };
+    let list: Vec<Value> = txns.iter().map(render::txn).collect();
+    Ok(Json(json!({"transactions": list, "next_position": next})))
+}
+
+async fn reset_cron_time(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let default_timeout = 3 * s.engine.options().timeout_to_fail;
+    let timeout: i64 = query_num(&q, "timeout", default_timeout)?;
+    let limit: u32 = query_num(&q, "limit", 100)?;
+    if limit == 0 {
+        return Err(Error::BadRequest("query parameter 'limit' must be positive".to_owned()));
+    }
+    let now = s.engine.clock().now();
+    let count = s.engine.store().reset_cron_time(now.plus_secs(timeout), now, limit).await?;
+    Ok(Json(json!({"has_remaining": count == u64::from(limit), "succeed_count": count})))
+}
+
+async fn reset_next_cron_time(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let gid = gid_of(&body)?;
+    if !s.engine.store().reset_next_cron_time(&gid, s.engine.clock().now()).await? {
+        return Err(Error::NotFound(format!("no transaction with gid '{gid}'")));
+    }
+    Ok(success())
+}
+
+fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
+    q.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::BadRequest(format!("query parameter '{name}' is required")))
+}
+
+/// Read-modify-write of a topic's subscriber list with the KV version as the guard; retried on lost races.
+async fn update_topic(
+    s: &AppState,
+    topic: &str,
+    change: impl Fn(Option<Vec<Subscriber>>) -> Result<Vec<Subscriber>>,
+) -> Result<()> {
+    let store = s.engine.store();
+    for _ in 0..10 {
+        let now = s.engine.clock().now();
+        let current = store.kv_find(TOPICS_CAT, topic).await?;
+        let subscribers = match &current {
+            Some(kv) => Some(
+                serde_json::from_str::<Vec<Subscriber>>(&kv.v)
+                    .map_err(|e| Error::Internal(format!("stored topic '{topic}' is corrupt: {e}")))?,
+            ),
+            None => None,
+        };
+        let next = change(subscribers)?;
+        let text = serde_json::to_string(&next).map_err(|e| Error::Internal(e.to_string()))?;
+        let done = match &current {
+            Some(kv) => store.kv_update(TOPICS_CAT, topic, &text, kv.version, now).await?,
+            None => store.kv_create(TOPICS_CAT, topic, &text, now).await?,
+        };
+        if done {
+            return Ok(());
+        }
+    }
+    Err(Error::Ongoing(format!("topic '{topic}' is changing concurrently; retry")))
+}
+
+async fn subscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let topic = required(&q, "topic")?;
+    let url = required(&q, "url")?.to_owned();
+    let remark = q.get("remark").cloned().unwrap_or_default();
+    update_topic(&s, topic, |subs| {
+        let mut subs = subs.unwrap_or_default();
+        if subs.iter().any(|x| x.url == url) {
+            return Err(Error::Failure(format!("this url exists: '{url}' already subscribes to topic '{topic}'")));
+        }
+        subs.push(Subscriber { url: url.clone(), remark: remark.clone() });
+        Ok(subs)
+    })
+    .await?;
+    Ok(success())
+}
+
+async fn unsubscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let topic = required(&q, "topic")?;
+    let url = required(&q, "url")?.to_owned();
+    update_topic(&s, topic, |subs| {
+        let Some(mut subs) = subs else {
+            return Err(Error::NotFound(format!("topic '{topic}' not found")));
+        };
+        let before = subs.len();
+        subs.retain(|x| x.url != url);
+        if subs.len() == before {
+            return Err(Error::NotFound(format!("url '{url}' does not subscribe to topic '{topic}'")));
+        }
+        Ok(subs)
+    })
+    .await?;
+    Ok(success())
+}
+
+async fn delete_topic(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
+    if !s.engine.store().kv_delete(TOPICS_CAT, &name).await? {
+        return Err(Error::NotFound(format!("topic '{name}' not found")));
+    }
+    Ok(success())
+}
+
+async fn scan_kv(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let cat = required(&q, "cat")?;
+    let position: i64 = query_num(&q, "position", 0)?;
+    let limit: u32 = query_num(&q, "limit", 100)?;
+    if limit == 0 || limit > 1000 {
+        return Err(Error::BadRequest(format!("query parameter 'limit' must be between 1 and 1000, got {limit}")));
+    }
+    let rows = s.engine.store().kv_scan(cat, (position > 0).then_some(position), limit).await?;
+    let next = if rows.len() == limit as usize { rows.last().map(|r| r.id.to_string()).unwrap_or_default() } else { String::new() };
+    let kv: Vec<Value> = rows.iter().map(render::kv).collect();
+    Ok(Json(json!({"kv": kv, "next_position": next})))
+}
+
+async fn query_kv(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+    let cat = required(&q, "cat")?;
+    let key = q.get("key").map(String::as_str).unwrap_or_default();
+    let store = s.engine.store();
+    let rows = if key.is_empty() {
+        store.kv_scan(cat, None, 1000).await?
+    } else {
+        store.kv_find(cat, key).await?.into_iter().collect()
+    };
+    let kv: Vec<Value> = rows.iter().map(render::kv).collect();
+    Ok(Json(json!({"kv": kv})))
+}

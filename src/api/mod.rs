@@ -1,0 +1,141 @@
+//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/metrics`.
+//! Every error becomes a response in exactly one place ([`Error`]'s `IntoResponse`).
+
+mod body;
+mod dtmsvr;
+mod render;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::engine::{self, Engine};
+use crate::metrics::Metrics;
+
+/// Largest request body accepted (bigger ones get 413).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// API errors; each has one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed input: 400, the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such thing: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// DTM FAILURE: 409.
+    #[error("{0}")]
+    Failure(String),
+    /// DTM ONGOING: 425.
+    #[error("{0}")]
+    Ongoing(String),
+    /// The store is down: 503 (retry later; nothing was accepted).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else: 500 with a generic message (details are logged).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Failure(_) => StatusCode::CONFLICT,
+            Self::Ongoing(_) => StatusCode::TOO_EARLY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<engine::Error> for Error {
+    fn from(e: engine::Error) -> Self {
+        match e {
+            engine::Error::BadRequest(m) => Self::BadRequest(m),
+            engine::Error::NotFound(m) => Self::NotFound(m),
+            engine::Error::Failure(m) => Self::Failure(m),
+            engine::Error::Ongoing(m) => Self::Ongoing(m),
+            engine::Error::Pass(m) => Self::Internal(m),
+            engine::Error::Store(s) if s.is_retryable() => {
+                tracing::warn!(error = %s, "store unavailable");
+                Self::Unavailable("the store is unavailable; retry later".to_owned())
+            }
+            engine::Error::Store(s) => {
+                tracing::error!(error = %s, "store error");
+                Self::Internal("internal store error".to_owned())
+            }
+        }
+    }
+}
+
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Self {
+        engine::Error::Store(e).into()
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let body = match &self {
+            Self::Failure(m) => json!({"dtm_result": "FAILURE", "message": m}),
+            Self::Ongoing(m) => json!({"dtm_result": "ONGOING", "message": m}),
+            Self::BadRequest(m) | Self::NotFound(m) | Self::Unavailable(m) | Self::Internal(m) => {
+                json!({"message": m})
+            }
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// `Result` of handlers.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The whole HTTP router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/dtmsvr", dtmsvr::routes())
+        .route("/api/ping", any(|| async { axum::Json(json!({"msg": "pong"})) }))
+        .route("/api/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .fallback(|| async { Error::NotFound("no such route".to_owned()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| Error::Internal("internal error".to_owned()).into_response()))
+        .with_state(state)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// Counts and times every request under DTM's metric names (api = last path segment of the route).
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let api = route.as_deref().and_then(|r| r.rsplit('/').next()).unwrap_or("unmatched").to_lowercase();
+    let status = if response.status().as_u16() >= 400 { "fail" } else { "ok" };
+    state.metrics.server_process.with_label_values(&["http", &api, status]).inc();
+    state.metrics.server_response_duration.with_label_values(&["http", &api]).observe(started.elapsed().as_secs_f64());
+    response
+}

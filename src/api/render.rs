@@ -1,0 +1,93 @@
+//! JSON shapes of stored records, as DTM renders them (spec §3.1, §3.2, §4.9): keys omitted when empty,
+//! times in RFC 3339 with the server's offset, branch bodies in base64.
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use crate::model::{Branch, GlobalTxn, KvRecord, Millis};
+
+fn put_str(m: &mut Map<String, Value>, k: &str, v: &str) {
+    if !v.is_empty() {
+        m.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+}
+
+fn put_time(m: &mut Map<String, Value>, k: &str, v: Option<Millis>) {
+    if let Some(t) = v {
+        m.insert(k.to_owned(), Value::String(t.to_rfc3339()));
+    }
+}
+
+fn put_num(m: &mut Map<String, Value>, k: &str, v: i64) {
+    if v != 0 {
+        m.insert(k.to_owned(), json!(v));
+    }
+}
+
+/// A global transaction.
+pub(crate) fn txn(t: &GlobalTxn) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(t.id));
+    m.insert("create_time".into(), json!(t.create_time.to_rfc3339()));
+    m.insert("update_time".into(), json!(t.update_time.to_rfc3339()));
+    put_str(&mut m, "gid", t.gid.as_str());
+    put_str(&mut m, "trans_type", t.trans_type.as_str());
+    put_str(&mut m, "status", t.status.as_str());
+    put_str(&mut m, "query_prepared", &t.query_prepared);
+    put_str(&mut m, "protocol", t.protocol.as_str());
+    put_time(&mut m, "finish_time", t.finish_time);
+    put_time(&mut m, "rollback_time", t.rollback_time);
+    put_str(&mut m, "result", &t.result);
+    put_str(&mut m, "rollback_reason", &t.rollback_reason);
+    put_str(&mut m, "options", &serde_json::to_string(&t.options).unwrap_or_default());
+    put_str(&mut m, "custom_data", &t.custom_data);
+    put_num(&mut m, "next_cron_interval", t.next_cron_interval);
+    put_time(&mut m, "next_cron_time", t.next_cron_time);
+    put_str(&mut m, "owner", &t.owner);
+    let o = &t.options;
+    if o.wait_result {
+        m.insert("wait_result".into(), json!(true));
+    }
+    put_num(&mut m, "timeout_to_fail", o.timeout_to_fail);
+    put_num(&mut m, "request_timeout", o.request_timeout);
+    put_num(&mut m, "retry_interval", o.retry_interval);
+    if !o.branch_headers.is_empty() {
+        m.insert("branch_headers".into(), json!(o.branch_headers));
+    }
+    put_num(&mut m, "retry_limit", o.retry_limit);
+    put_num(&mut m, "retry_count", o.retry_count);
+    m.insert("concurrent".into(), json!(o.concurrent));
+    Value::Object(m)
+}
+
+/// A branch.
+pub(crate) fn branch(b: &Branch) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(b.id));
+    m.insert("create_time".into(), json!(b.create_time.to_rfc3339()));
+    m.insert("update_time".into(), json!(b.update_time.to_rfc3339()));
+    put_str(&mut m, "gid", b.gid.as_str());
+    put_str(&mut m, "url", &b.url);
+    if !b.bin_data.is_empty() {
+        m.insert("bin_data".into(), json!(base64::engine::general_purpose::STANDARD.encode(&b.bin_data)));
+    }
+    put_str(&mut m, "branch_id", b.branch_id.as_str());
+    put_str(&mut m, "op", b.op.as_str());
+    put_str(&mut m, "status", b.status.as_str());
+    put_time(&mut m, "finish_time", b.finish_time);
+    put_time(&mut m, "rollback_time", b.rollback_time);
+    Value::Object(m)
+}
+
+/// A KV record.
+pub(crate) fn kv(r: &KvRecord) -> Value {
+    json!({
+        "id": r.id,
+        "create_time": r.create_time.to_rfc3339(),
+        "update_time": r.update_time.to_rfc3339(),
+        "cat": r.cat,
+        "k": r.k,
+        "v": r.v,
+        "version": r.version,
+    })
+}

@@ -1,0 +1,152 @@
+//! The recovery scanner: every retry, timeout, back-check and crash recovery goes through it.
+//!
+//! Each round claims a batch of due transactions with one atomic store operation (which moves their
+//! `next_cron_time` forward by the lease, so no other scanner takes them meanwhile) and runs a pass for each
+//! one. New transactions never wait for it: the replica that accepted them runs their first pass at once.
+//! A round that fills its batch is followed by another at once; otherwise the scanner sleeps `interval`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::model::{Gid, short_uuid};
+use crate::store::Claim;
+
+/// Scanner tuning.
+#[derive(Debug, Clone)]
+pub struct ScannerOptions {
+    /// Sleep between rounds that found less than a full batch.
+    pub interval: Duration,
+    /// Most transactions claimed per round.
+    pub batch: u32,
+    /// How far a claim pushes `next_cron_time` (seconds): the time a pass has before others may retry it.
+    pub lease_secs: i64,
+    /// Most passes running at once.
+    pub concurrency: usize,
+    /// This replica's name (prefix of claim owners).
+    pub node_id: String,
+    /// Keep finished transactions this long (seconds); 0 keeps them forever.
+    pub retention_secs: i64,
+}
+
+impl Default for ScannerOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            batch: 100,
+            lease_secs: 10,
+            concurrency: 64,
+            node_id: "braid".to_owned(),
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// The scanner component.
+#[derive(Clone)]
+pub struct Scanner {
+    engine: Engine,
+    opts: ScannerOptions,
+    permits: Arc<Semaphore>,
+}
+
+impl Scanner {
+    /// A scanner driving `engine`.
+    pub fn new(engine: Engine, opts: ScannerOptions) -> Self {
+        let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        Self { engine, opts, permits }
+    }
+
+    /// Claims one batch of due transactions and runs their passes; waits for them when `wait` is set
+    /// (tests use that as DTM's `CronTransOnce`). Returns the claimed gids.
+    pub async fn scan_once(&self, wait: bool) -> crate::store::Result<Vec<Gid>> {
+        let now = self.engine.clock().now();
+        let claim = Claim {
+            now,
+            lease_until: now.plus_secs(self.opts.lease_secs.max(1)),
+            owner: format!("{}:{}", self.opts.node_id, short_uuid()),
+            limit: self.opts.batch.max(1),
+            partitions: None,
+        };
+        let claimed = self.engine.store().claim_due(&claim).await?;
+        let mut gids = Vec::with_capacity(claimed.len());
+        let mut passes = JoinSet::new();
+        for txn in claimed {
+            gids.push(txn.gid.clone());
+            if self.engine.is_inflight(&txn.gid) {
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().acquire_owned().await else { break };
+            let engine = self.engine.clone();
+            if wait {
+                passes.spawn(async move {
+                    let _permit = permit;
+                    let branches = engine.store().find_branches(&txn.gid).await.unwrap_or_default();
+                    engine.run_pass(txn, branches).await;
+                });
+            } else {
+                drop(permit);
+                self.engine.spawn_pass(txn, None);
+            }
+        }
+        while passes.join_next().await.is_some() {}
+        Ok(gids)
+    }
+
+    /// Scans until `cancel` fires. Store errors are counted and retried after `interval`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut last_housekeeping = tokio::time::Instant::now();
+        loop {
+            let full = match self.scan_once(false).await {
+                Ok(gids) => {
+                    self.engine_metrics_claimed(gids.len());
+                    gids.len() as u32 >= self.opts.batch
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovery scan failed; retrying");
+                    self.engine_metrics_error(&e);
+                    false
+                }
+            };
+            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
+                last_housekeeping = tokio::time::Instant::now();
+                self.housekeeping().await;
+            }
+            if !full {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(self.opts.interval) => {}
+                }
+            } else if cancel.is_cancelled() {
+                break;
+            }
+        }
+    }
+
+    fn engine_metrics_claimed(&self, n: usize) {
+        self.engine.metrics().scanner_claimed.inc_by(n as u64);
+    }
+
+    fn engine_metrics_error(&self, e: &crate::store::Error) {
+        self.engine.metrics().scanner_errors.with_label_values(&[e.metric_label()]).inc();
+    }
+
+    /// Re-anchors the clock and deletes finished transactions past their retention.
+    async fn housekeeping(&self) {
+        if let Err(e) = self.engine.clock().resync(self.engine.store()).await {
+            tracing::warn!(error = %e, "re-reading the store clock failed");
+        }
+        if self.opts.retention_secs > 0 {
+            let before = self.engine.clock().now().plus_secs(-self.opts.retention_secs);
+            match self.engine.store().delete_finished(before, 1000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted finished transactions past retention"),
+                Err(e) => tracing::warn!(error = %e, "retention cleanup failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Configuration: one typed tree, loaded in layers. Precedence, highest first:
+//! command-line flags > `BRAID_*` environment variables > DTM's environment names (`HTTP_PORT`,
+//! `STORE_DRIVER`, ...) > the YAML file given with `--config` > built-in defaults.
+//!
+//! The YAML file uses the flag names as keys (`http-port: 36789`, `store: mysql://...`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::cluster::scanner::ScannerOptions;
+use crate::engine::EngineOptions;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The server flags. Every flag also reads `BRAID_<NAME>` from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// YAML configuration file (keys are the flag names, e.g. `http-port: 36789`).
+    #[arg(long, short = 'c', env = "BRAID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP API port (DTM's API, JSON-RPC, metrics, admin).
+    #[arg(long, env = "BRAID_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// gRPC API port.
+    #[arg(long, env = "BRAID_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Address to listen on.
+    #[arg(long, env = "BRAID_BIND")]
+    pub bind: Option<String>,
+    /// Store DSN: `sqlite://path/braid.db` or `mysql://user:pass@host:3306/db`.
+    #[arg(long, env = "BRAID_STORE")]
+    pub store: Option<String>,
+    /// Base retry interval in seconds.
+    #[arg(long, env = "BRAID_RETRY_INTERVAL")]
+    pub retry_interval: Option<i64>,
+    /// Timeout of prepared msg/tcc/xa transactions in seconds.
+    #[arg(long, env = "BRAID_TIMEOUT_TO_FAIL")]
+    pub timeout_to_fail: Option<i64>,
+    /// Timeout of each branch call in seconds.
+    #[arg(long, env = "BRAID_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<i64>,
+    /// Seconds between recovery scans.
+    #[arg(long, env = "BRAID_SCAN_INTERVAL")]
+    pub scan_interval: Option<u64>,
+    /// Upper bound of the retry backoff in seconds.
+    #[arg(long, env = "BRAID_BACKOFF_CAP")]
+    pub backoff_cap: Option<i64>,
+    /// Keep finished transactions this many seconds (0: forever).
+    #[arg(long, env = "BRAID_RETENTION")]
+    pub retention: Option<i64>,
+    /// This replica's name in logs and claims (default: the host name).
+    #[arg(long, env = "BRAID_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Log filter: a level (`info`) or a `RUST_LOG`-style directive list.
+    #[arg(long, env = "BRAID_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, env = "BRAID_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The YAML file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    http_port: Option<u16>,
+    grpc_port: Option<u16>,
+    bind: Option<String>,
+    store: Option<String>,
+    retry_interval: Option<i64>,
+    timeout_to_fail: Option<i64>,
+    request_timeout: Option<i64>,
+    scan_interval: Option<u64>,
+    backoff_cap: Option<i64>,
+    retention: Option<i64>,
+    node_id: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// HTTP port.
+    pub http_port: u16,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// Listen address.
+    pub bind: String,
+    /// Store DSN.
+    pub store: String,
+    /// Base retry interval (s).
+    pub retry_interval: i64,
+    /// Prepared timeout (s).
+    pub timeout_to_fail: i64,
+    /// Branch call timeout (s).
+    pub request_timeout: i64,
+    /// Scan interval (s).
+    pub scan_interval: u64,
+    /// Backoff cap (s).
+    pub backoff_cap: i64,
+    /// Retention of finished transactions (s, 0 = forever).
+    pub retention: i64,
+    /// Replica name.
+    pub node_id: String,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// The embedded default store.
+pub const DEFAULT_STORE: &str = "sqlite://braid-data/braid.db";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_port: 36789,
+            grpc_port: 36790,
+            bind: "0.0.0.0".to_owned(),
+            store: DEFAULT_STORE.to_owned(),
+            retry_interval: 10,
+            timeout_to_fail: 35,
+            request_timeout: 3,
+            scan_interval: 1,
+            backoff_cap: 3600,
+            retention: 7 * 24 * 3600,
+            node_id: default_node_id(),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "braid".to_owned())
+}
+
+/// A configuration problem, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// DTM's environment variables (spec §11), read below braid's own.
+#[derive(Debug, Default)]
+struct DtmEnv {
+    http_port: Option<u16>,
+    grpc_port: Option<u16>,
+    store: Option<String>,
+    retry_interval: Option<i64>,
+    timeout_to_fail: Option<i64>,
+    request_timeout: Option<i64>,
+    scan_interval: Option<u64>,
+    log_level: Option<String>,
+}
+
+fn env_parse<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>, ConfigError> {
+    match get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| ConfigError(format!("environment variable {name}='{v}' is not valid"))),
+    }
+}
+
+impl DtmEnv {
+    fn read(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let store = match get("STORE_DRIVER").filter(|d| !d.is_empty()).as_deref() {
+            None | Some("boltdb") => None,
+            Some("mysql") => {
+                let host = get("STORE_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
+                let port = get("STORE_PORT").unwrap_or_else(|| "3306".to_owned());
+                let user = get("STORE_USER").unwrap_or_else(|| "root".to_owned());
+                let password = get("STORE_PASSWORD").unwrap_or_default();
+                let db = get("STORE_DB").filter(|d| !d.is_empty()).unwrap_or_else(|| "dtm".to_owned());
+                let auth = if password.is_empty() { user } else { format!("{user}:{password}") };
+                Some(format!("mysql://{auth}@{host}:{port}/{db}"))
+            }
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "STORE_DRIVER='{other}' is not supported by braid yet (use mysql, or boltdb for the embedded store)"
+                )));
+            }
+        };
+        Ok(Self {
+            http_port: env_parse(get, "HTTP_PORT")?,
+            grpc_port: env_parse(get, "GRPC_PORT")?,
+            store,
+            retry_interval: env_parse(get, "RETRY_INTERVAL")?,
+            timeout_to_fail: env_parse(get, "TIMEOUT_TO_FAIL")?,
+            request_timeout: env_parse(get, "REQUEST_TIMEOUT")?,
+            scan_interval: env_parse(get, "TRANS_CRON_INTERVAL")?,
+            log_level: get("LOG_LEVEL").filter(|v| !v.is_empty()),
+        })
+    }
+}
+
+impl Config {
+    /// Resolves the configuration from flags (with their `BRAID_*` env), the process environment and the file.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::load_with(args, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("reading config file {}: {e}", path.display())))?;
+                serde_saphyr::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let dtm = DtmEnv::read(env)?;
+        let d = Config::default();
+        let cfg = Config {
+            http_port: args.http_port.or(dtm.http_port).or(file.http_port).unwrap_or(d.http_port),
+            grpc_port: args.grpc_port.or(dtm.grpc_port).or(file.grpc_port).unwrap_or(d.grpc_port),
+            bind: args.bind.clone().or(file.bind).unwrap_or(d.bind),
+            store: args.store.clone().or(dtm.store).or(file.store).unwrap_or(d.store),
+            retry_interval: args.retry_interval.or(dtm.retry_interval).or(file.retry_interval).unwrap_or(d.retry_interval),
+            timeout_to_fail: args
+                .timeout_to_fail
+                .or(dtm.timeout_to_fail)
+                .or(file.timeout_to_fail)
+                .unwrap_or(d.timeout_to_fail),
+            request_timeout: args
+                .request_timeout
+                .or(dtm.request_timeout)
+                .or(file.request_timeout)
+                .unwrap_or(d.request_timeout),
+            scan_interval: args.scan_interval.or(dtm.scan_interval).or(file.scan_interval).unwrap_or(d.scan_interval),
+            backoff_cap: args.backoff_cap.or(file.backoff_cap).unwrap_or(d.backoff_cap),
+            retention: args.retention.or(file.retention).unwrap_or(d.retention),
+            node_id: args.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
+            log_level: args.log_level.clone().or(dtm.log_level).or(file.log_level).unwrap_or(d.log_level),
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges; every message names the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("retry-interval", self.retry_interval),
+            ("timeout-to-fail", self.timeout_to_fail),
+            ("request-timeout", self.request_timeout),
+            ("backoff-cap", self.backoff_cap),
+        ];
+        for (name, v) in positive {
+            if v < 1 {
+                return Err(ConfigError(format!("{name} must be at least 1 second, got {v}")));
+            }
+        }
+        if self.scan_interval < 1 {
+            return Err(ConfigError("scan-interval must be at least 1 second".to_owned()));
+        }
+        if self.backoff_cap < self.retry_interval {
+            return Err(ConfigError(format!(
+                "backoff-cap ({}) must not be below retry-interval ({})",
+                self.backoff_cap, self.retry_interval
+            )));
+        }
+        if self.retention < 0 {
+            return Err(ConfigError("retention must be 0 (keep forever) or a number of seconds".to_owned()));
+        }
+        if self.store.trim().is_empty() {
+            return Err(ConfigError("store must not be empty".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The engine's part.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            retry_interval: self.retry_interval,
+            timeout_to_fail: self.timeout_to_fail,
+            request_timeout: self.request_timeout,
+            backoff_cap: self.backoff_cap,
+            ..EngineOptions::default()
+        }
+    }
+
+    /// The scanner's part.
+    pub fn scanner_options(&self) -> ScannerOptions {
+        ScannerOptions {
+            interval: Duration::from_secs(self.scan_interval),
+            lease_secs: self.retry_interval,
+            node_id: self.node_id.clone(),
+            retention_secs: self.retention,
+            ..ScannerOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let cfg = Config::load_with(&ServeArgs::default(), &env(&[])).unwrap();
+        assert_eq!((cfg.http_port, cfg.grpc_port), (36789, 36790));
+        assert_eq!(cfg.store, DEFAULT_STORE);
+        assert_eq!((cfg.retry_interval, cfg.timeout_to_fail, cfg.request_timeout), (10, 35, 3));
+        assert_eq!((cfg.scan_interval, cfg.backoff_cap), (1, 3600));
+    }
+
+    #[test]
+    fn flags_beat_dtm_env_which_beats_the_file() {
+        let dir = std::env::temp_dir().join(format!("braid-cfg-{}", crate::model::short_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("braid.yaml");
+        std::fs::write(&file, "http-port: 1111\ngrpc-port: 2222\nretry-interval: 7\nbackoff-cap: 60\n").unwrap();
+        let args = ServeArgs { config: Some(file), http_port: Some(3333), ..Default::default() };
+        let cfg = Config::load_with(&args, &env(&[("GRPC_PORT", "4444"), ("STORE_DRIVER", "mysql"), ("STORE_HOST", "db"), ("STORE_PASSWORD", "pw")])).unwrap();
+        assert_eq!(cfg.http_port, 3333, "flag wins");
+        assert_eq!(cfg.grpc_port, 4444, "DTM env beats file");
+        assert_eq!(cfg.retry_interval, 7, "file beats default");
+        assert_eq!(cfg.backoff_cap, 60);
+        assert_eq!(cfg.store, "mysql://root:pw@db:3306/dtm");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let args = ServeArgs { retry_interval: Some(0), ..Default::default() };
+        let err = Config::load_with(&args, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("retry-interval"), "{err}");
+        let err = Config::load_with(&ServeArgs::default(), &env(&[("HTTP_PORT", "abc")])).unwrap_err().to_string();
+        assert!(err.contains("HTTP_PORT"), "{err}");
+        let err = Config::load_with(&ServeArgs::default(), &env(&[("STORE_DRIVER", "redis")])).unwrap_err().to_string();
+        assert!(err.contains("redis"), "{err}");
+        let args = ServeArgs { retry_interval: Some(1), timeout_to_fail: Some(1), request_timeout: Some(1), ..Default::default() };
+        assert!(Config::load_with(&args, &env(&[])).is_ok(), "1-second values are allowed");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("braid-cfg-{}", crate::model::short_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("braid.yaml");
+        std::fs::write(&file, "http_port: 1\n").unwrap();
+        let err = Config::load_with(&ServeArgs { config: Some(file), ..Default::default() }, &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("http_port"), "{err}");
+    }
+}

@@ -1,0 +1,330 @@
+//! One processing pass: the state machine of the transaction's type moves an in-memory copy forward by
+//! calling branches, and [`Pass::finish`] turns everything it changed into a single conditional write.
+//!
+//! Why one write per pass is enough: the transaction was durable before any branch was called, and every
+//! branch call is at-least-once (the branch's barrier makes it idempotent). If the replica dies mid-pass, the
+//! scan finds the transaction when its lease runs out and the next pass repeats the calls whose results were
+//! not recorded. What the write protects is the *decision*: a status change (e.g. `submitted` -> `aborting`)
+//! and the branch results that justify it land together, or not at all.
+//!
+//! Retry scheduling (spec §9.2, with a cap): success resets the interval to the base, ONGOING keeps it, an
+//! error doubles it up to `backoff_cap`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::{Inner, msg, saga, tcc, workflow, xa};
+use super::EngineOptions;
+use crate::invoke::{BranchCall, CallOutcome};
+use crate::model::{Branch, BranchStatus, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, TransType};
+use crate::store::{BranchUpdate, Schedule, TxnUpdate, Write, WriteOutcome};
+
+/// Why a pass did not finish the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassError {
+    /// A branch answered ONGOING.
+    Ongoing,
+    /// A branch failed where failure is not an outcome (e.g. a compensation), or the pass failed.
+    Failure(String),
+    /// A branch call or the store failed temporarily.
+    Error(String),
+}
+
+/// What a pass left behind.
+#[derive(Debug, Clone)]
+pub struct PassResult {
+    /// The status after the pass.
+    pub status: GlobalStatus,
+    /// The rollback reason after the pass.
+    pub rollback_reason: String,
+    /// Why it is not finished, if a branch said so.
+    pub error: Option<PassError>,
+}
+
+/// The base retry interval (spec §9.2): the transaction's `retry_interval`; else its `timeout_to_fail` when
+/// shorter than the server's interval; else the server's interval.
+pub(crate) fn base_interval(options: &TransOptions, opts: &EngineOptions) -> i64 {
+    if options.retry_interval > 0 {
+        options.retry_interval
+    } else if options.timeout_to_fail > 0 && options.timeout_to_fail < opts.retry_interval {
+        options.timeout_to_fail
+    } else {
+        opts.retry_interval
+    }
+    .max(1)
+}
+
+/// The next interval after an error: doubled, at most `cap` (and never below `base`).
+pub(crate) fn backoff(current: i64, base: i64, cap: i64) -> i64 {
+    current.max(base).saturating_mul(2).min(cap.max(base))
+}
+
+/// How the pass wants the next retry scheduled; the most severe wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Retry {
+    /// Progress or nothing to report: base interval.
+    Reset,
+    /// ONGOING: same interval.
+    Keep,
+    /// Error: doubled interval.
+    Backoff,
+}
+
+/// A boxed branch-call future: `(index, outcome)`.
+pub(crate) type CallFuture = Pin<Box<dyn Future<Output = (usize, CallOutcome)> + Send + 'static>>;
+
+/// The in-memory state of one pass.
+pub(crate) struct Pass<'a> {
+    pub(crate) inner: &'a Inner,
+    pub(crate) txn: GlobalTxn,
+    pub(crate) branches: Vec<Branch>,
+    pub(crate) now: Millis,
+    original: GlobalTxn,
+    changed: Vec<bool>,
+    retry: Retry,
+    wake_at: Option<Millis>,
+    pub(crate) error: Option<PassError>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(inner: &'a Inner, txn: GlobalTxn, branches: Vec<Branch>) -> Self {
+        let changed = vec![false; branches.len()];
+        Self {
+            inner,
+            now: inner.clock.now(),
+            original: txn.clone(),
+            txn,
+            branches,
+            changed,
+            retry: Retry::Reset,
+            wake_at: None,
+            error: None,
+        }
+    }
+
+    /// The effective timeout of this transaction in seconds (0: none).
+    pub(crate) fn timeout_secs(&self) -> i64 {
+        self.txn.effective_timeout(self.inner.opts.timeout_to_fail)
+    }
+
+    /// Whether the transaction's timeout has passed.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.txn.is_timed_out(self.now, self.inner.opts.timeout_to_fail)
+    }
+
+    /// Changes the global status (and the rollback reason, when given).
+    pub(crate) fn set_status(&mut self, status: GlobalStatus, reason: Option<String>) {
+        self.txn.status = status;
+        if let Some(r) = reason {
+            self.txn.rollback_reason = r;
+        }
+    }
+
+    /// Records a branch's new status.
+    pub(crate) fn set_branch(&mut self, idx: usize, status: BranchStatus) {
+        if let Some(b) = self.branches.get_mut(idx) {
+            if b.status != status {
+                b.status = status;
+                self.changed[idx] = true;
+            }
+        }
+    }
+
+    /// Notes a call that did not succeed: it decides the retry schedule and what `wait_result` reports.
+    pub(crate) fn note(&mut self, outcome: &CallOutcome) {
+        let (retry, error) = match outcome {
+            CallOutcome::Success => return,
+            CallOutcome::Ongoing => (Retry::Keep, PassError::Ongoing),
+            CallOutcome::Failure(msg) => (Retry::Backoff, PassError::Failure(msg.clone())),
+            CallOutcome::Error(msg) => (Retry::Backoff, PassError::Error(msg.clone())),
+        };
+        self.retry = self.retry.max(retry);
+        if self.error.as_ref().is_none_or(|e| *e == PassError::Ongoing) {
+            self.error = Some(error);
+        }
+    }
+
+    /// Asks the scanner to look again at `at` (e.g. a msg delay) unless something sooner comes up.
+    pub(crate) fn wake_at(&mut self, at: Millis) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    fn call_timeout(&self) -> Duration {
+        let secs = if self.txn.options.request_timeout > 0 {
+            self.txn.options.request_timeout
+        } else {
+            self.inner.opts.request_timeout
+        };
+        Duration::from_secs(secs.max(1) as u64)
+    }
+
+    /// A call of branch `idx` with its own op, as a `'static` future (so several can run at once).
+    pub(crate) fn call(&self, idx: usize) -> CallFuture {
+        let Some(b) = self.branches.get(idx) else {
+            return Box::pin(async move { (idx, CallOutcome::Error(format!("no branch at index {idx}"))) });
+        };
+        let (url, body, branch_id, op) = (b.url.clone(), b.bin_data.clone(), b.branch_id.to_string(), b.op);
+        let fut = self.call_url(url, branch_id, op.as_str().to_owned(), body);
+        Box::pin(async move { (idx, fut.await.1) })
+    }
+
+    /// A call of any URL in this transaction's context (back-checks, resume callbacks).
+    pub(crate) fn call_url(&self, url: String, branch_id: String, op: String, body: Vec<u8>) -> CallFuture {
+        let invoker = self.inner.invoker.clone();
+        let metrics = self.inner.metrics.clone();
+        let gid = self.txn.gid.to_string();
+        let headers = self.txn.options.branch_headers.clone();
+        let (protocol, trans_type, timeout) = (self.txn.protocol, self.txn.trans_type, self.call_timeout());
+        let span = tracing::debug_span!("branch_call", braid.branch_id = %branch_id, braid.op = %op);
+        Box::pin(
+            async move {
+                let call = BranchCall {
+                    url: &url,
+                    protocol,
+                    trans_type,
+                    gid: &gid,
+                    branch_id: &branch_id,
+                    op: &op,
+                    body: &body,
+                    headers: &headers,
+                    timeout,
+                };
+                let outcome = invoker.call(&call).await;
+                let status = if outcome.is_success() { "ok" } else { "fail" };
+                metrics.branch_process.with_label_values(&[trans_type.as_str(), &branch_id, &op, status]).inc();
+                tracing::debug!(outcome = outcome.label(), "branch answered");
+                (usize::MAX, outcome)
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Index of the branch with this id and op.
+    pub(crate) fn find(&self, branch_id: &str, op: Op) -> Option<usize> {
+        self.branches.iter().position(|b| b.branch_id.as_str() == branch_id && b.op == op)
+    }
+
+    /// Writes the pass's changes with one conditional update and reports the result.
+    async fn finish(self) -> PassResult {
+        let now = self.inner.clock.now();
+        let base = base_interval(&self.txn.options, &self.inner.opts);
+        let current = self.original.next_cron_interval.max(base);
+        let interval = match self.retry {
+            Retry::Reset => base,
+            Retry::Keep => current,
+            Retry::Backoff => backoff(current, base, self.inner.opts.backoff_cap),
+        };
+        let mut at = now.plus_secs(interval);
+        if let Some(w) = self.wake_at {
+            if self.retry == Retry::Reset || w < at {
+                at = w;
+            }
+        }
+        let mut update = TxnUpdate::of(&self.original, now);
+        if self.txn.status != self.original.status {
+            update.status = Some(self.txn.status);
+        }
+        if self.txn.rollback_reason != self.original.rollback_reason {
+            update.rollback_reason = Some(self.txn.rollback_reason.clone());
+        }
+        if self.txn.options != self.original.options {
+            update.options = Some(self.txn.options.clone());
+        }
+        update.schedule = Schedule::At { interval, at };
+        update.branches = self
+            .branches
+            .iter()
+            .zip(&self.changed)
+            .filter(|(_, changed)| **changed)
+            .map(|(b, _)| BranchUpdate { branch_id: b.branch_id.clone(), op: b.op, status: b.status })
+            .collect();
+
+        let model = self.txn.trans_type.as_str();
+        let metrics = &self.inner.metrics;
+        let result = match self.inner.writer.write(Write::Update(update)).await {
+            Ok(WriteOutcome::Applied(_)) => {
+                if self.txn.status.is_final() {
+                    metrics.transactions_finished.with_label_values(&[model, self.txn.status.as_str()]).inc();
+                }
+                PassResult { status: self.txn.status, rollback_reason: self.txn.rollback_reason, error: self.error }
+            }
+            Ok(WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => {
+                tracing::info!(braid.gid = %self.txn.gid, "another actor moved the transaction during this pass; its state stands");
+                match self.inner.store.find_txn(&self.txn.gid).await {
+                    Ok(Some(t)) => PassResult { status: t.status, rollback_reason: t.rollback_reason, error: None },
+                    Ok(None) | Err(_) => PassResult {
+                        status: self.original.status,
+                        rollback_reason: self.original.rollback_reason,
+                        error: Some(PassError::Error("transaction changed concurrently".to_owned())),
+                    },
+                }
+            }
+            Err(e) => {
+                tracing::warn!(braid.gid = %self.txn.gid, error = %e, "recording the pass failed; the scan will repeat it");
+                PassResult {
+                    status: self.original.status,
+                    rollback_reason: self.original.rollback_reason,
+                    error: Some(PassError::Error(format!("store: {e}"))),
+                }
+            }
+        };
+        let ok = if result.error.is_none() { "ok" } else { "fail" };
+        metrics.transaction_process.with_label_values(&[model, ok]).inc();
+        result
+    }
+}
+
+/// Runs one pass of `txn` and records it.
+pub(crate) async fn run(inner: &Inner, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
+    let span = tracing::info_span!("pass", braid.gid = %txn.gid, braid.trans_type = %txn.trans_type);
+    async move {
+        let mut pass = Pass::new(inner, txn, branches);
+        let age = pass.now.0.saturating_sub(pass.txn.create_time.0) as f64 / 1000.0;
+        inner.metrics.transaction_handled_duration.with_label_values(&[pass.txn.trans_type.as_str()]).observe(age);
+        if pass.txn.status.is_final() {
+            return PassResult { status: pass.txn.status, rollback_reason: pass.txn.rollback_reason, error: None };
+        }
+        match pass.txn.trans_type {
+            TransType::Saga => saga::process(&mut pass).await,
+            TransType::Msg => msg::process(&mut pass).await,
+            TransType::Tcc => tcc::process(&mut pass).await,
+            TransType::Xa => xa::process(&mut pass).await,
+            TransType::Workflow => workflow::process(&mut pass).await,
+        }
+        let result = pass.finish().await;
+        tracing::debug!(status = %result.status, "pass done");
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_interval_follows_dtm_rules() {
+        let opts = EngineOptions::default();
+        let with = |retry_interval, timeout_to_fail| TransOptions { retry_interval, timeout_to_fail, ..Default::default() };
+        assert_eq!(base_interval(&with(0, 0), &opts), 10);
+        assert_eq!(base_interval(&with(150, 0), &opts), 150);
+        assert_eq!(base_interval(&with(0, 4), &opts), 4);
+        assert_eq!(base_interval(&with(0, 1800), &opts), 10);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn backoff_doubles_within_bounds(current in 0i64..100_000, base in 1i64..1000, cap in 1i64..100_000) {
+            let next = backoff(current, base, cap);
+            proptest::prop_assert!(next <= cap.max(base));
+            proptest::prop_assert!(next >= base.min(cap.max(base)));
+            if current.max(base) * 2 <= cap {
+                proptest::prop_assert_eq!(next, current.max(base) * 2);
+            }
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! The transaction engine: what the API calls to create and move transactions, and what the recovery
+//! scanner calls to resume them. One module per transaction type holds its state machine (spec §7); the
+//! [`driver`] runs a processing pass, calls branches, and turns the pass into one conditional store write.
+//!
+//! Invariants:
+//! - A transaction is durable before any of its branches is called (the insert commits first).
+//! - Every write is a compare-and-set on the status and version read at the start of the pass; a lost race
+//!   is logged and dropped, and the winner's state stands.
+//! - One replica runs at most one pass per gid at a time (the in-flight set); other replicas are kept off
+//!   by the scan lease and, when that is not enough, by the compare-and-set.
+
+mod driver;
+mod msg;
+mod saga;
+mod tcc;
+mod workflow;
+mod xa;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+
+pub use driver::{PassError, PassResult};
+
+use crate::invoke::Invoker;
+use crate::metrics::Metrics;
+use crate::model::{
+    Branch, BranchId, BranchStatus, GlobalStatus, GlobalTxn, Gid, Millis, Op, Partition, Protocol, Subscriber,
+    TOPIC_SCHEME, TOPICS_CAT, TransOptions, TransType, Version,
+};
+use crate::store::clock::StoreClock;
+use crate::store::writer::WriterHandle;
+use crate::store::{self, DynStore, Schedule, TxnUpdate, Write, WriteOutcome};
+
+/// Errors the engine reports to the API. Each maps to one HTTP status in `api`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed (HTTP 400). The message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such transaction (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// A definite business failure (HTTP 409, `dtm_result: FAILURE`).
+    #[error("{0}")]
+    Failure(String),
+    /// Not finished yet (HTTP 425, `dtm_result: ONGOING`).
+    #[error("{0}")]
+    Ongoing(String),
+    /// A branch or pass error that is neither (HTTP 500).
+    #[error("{0}")]
+    Pass(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Error {
+    /// A fixed label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound(_) => "not_found",
+            Self::Failure(_) => "failure",
+            Self::Ongoing(_) => "ongoing",
+            Self::Pass(_) => "pass",
+            Self::Store(e) => e.metric_label(),
+        }
+    }
+}
+
+/// `Result` of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Engine defaults (the server's `--retry-interval`, `--timeout-to-fail`, ...).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Base retry interval in seconds.
+    pub retry_interval: i64,
+    /// Timeout of prepared msg/tcc/xa transactions in seconds.
+    pub timeout_to_fail: i64,
+    /// Branch call timeout in seconds.
+    pub request_timeout: i64,
+    /// Upper bound of the exponential retry backoff in seconds.
+    pub backoff_cap: i64,
+    /// Number of scan partitions.
+    pub partitions: u16,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { retry_interval: 10, timeout_to_fail: 35, request_timeout: 3, backoff_cap: 3600, partitions: 64 }
+    }
+}
+
+/// Announced after every processing pass (the tests' "transaction processed" signal).
+#[derive(Debug, Clone)]
+pub struct PassEvent {
+    /// Which transaction.
+    pub gid: Gid,
+    /// Its status after the pass (as this pass left it).
+    pub status: GlobalStatus,
+}
+
+/// Checks `custom_data` for a transaction type: saga `orders` must name existing steps, msg `delay` must be
+/// a non-negative integer, workflow data must be JSON. The message names the problem.
+pub fn validate_custom_data(trans_type: TransType, custom_data: &str, steps: usize) -> Result<(), String> {
+    match trans_type {
+        TransType::Saga => saga::parse_custom(custom_data, steps).map(|_| ()),
+        TransType::Msg => msg::delay_secs(custom_data).map(|_| ()),
+        TransType::Workflow if !custom_data.trim().is_empty() => serde_json::from_str::<serde_json::Value>(custom_data)
+            .map(|_| ())
+            .map_err(|e| format!("custom_data is not valid JSON: {e}")),
+        TransType::Workflow | TransType::Tcc | TransType::Xa => Ok(()),
+    }
+}
+
+/// A create request (prepare, submit, prepareWorkflow), already validated by the API.
+#[derive(Debug, Clone)]
+pub struct TxnRequest {
+    /// Global id.
+    pub gid: Gid,
+    /// Transaction type.
+    pub trans_type: TransType,
+    /// saga/msg steps: `action`, `compensate`, legacy `data`.
+    pub steps: Vec<BTreeMap<String, String>>,
+    /// Step bodies.
+    pub payloads: Vec<Vec<u8>>,
+    /// msg back-check URL / workflow callback.
+    pub query_prepared: String,
+    /// Custom data (JSON text).
+    pub custom_data: String,
+    /// Branch protocol.
+    pub protocol: Protocol,
+    /// Options.
+    pub options: TransOptions,
+    /// Rollback reason (abort).
+    pub rollback_reason: String,
+    /// Workflow submit: `status`, `rollback_reason`, `result`.
+    pub req_extra: BTreeMap<String, String>,
+}
+
+/// What a submit did.
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// Accepted; processing continues in the background.
+    Accepted,
+    /// `wait_result`: the result of the synchronous pass.
+    Processed(PassResult),
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: DynStore,
+    pub(crate) writer: WriterHandle,
+    pub(crate) invoker: Invoker,
+    pub(crate) clock: StoreClock,
+    pub(crate) opts: EngineOptions,
+    pub(crate) metrics: Arc<Metrics>,
+    inflight: Mutex<HashSet<Gid>>,
+    events: broadcast::Sender<PassEvent>,
+    tasks: TaskTracker,
+}
+
+/// Removes a gid from the in-flight set when the pass ends, however it ends.
+struct InflightGuard<'a> {
+    inner: &'a Inner,
+    gid: Gid,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.inner.inflight.lock() {
+            set.remove(&self.gid);
+        }
+    }
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new(
+        store: DynStore,
+        writer: WriterHandle,
+        invoker: Invoker,
+        clock: StoreClock,
+        opts: EngineOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                writer,
+                invoker,
+                clock,
+                opts,
+                metrics,
+                inflight: Mutex::new(HashSet::new()),
+                events,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The store clock.
+    pub fn clock(&self) -> &StoreClock {
+        &self.inner.clock
+    }
+
+    /// The store (for reads).
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    /// Subscribes to pass events.
+    pub fn events(&self) -> broadcast::Receiver<PassEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Whether a pass for `gid` runs on this replica now.
+    pub fn is_inflight(&self, gid: &Gid) -> bool {
+        self.inner.inflight.lock().map(|s| s.contains(gid)).unwrap_or(false)
+    }
+
+    /// Stops taking background passes and waits (up to `grace`) for the running ones.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                running = self.inner.tasks.len(),
+                "shutdown grace ended with passes still running; the recovery scan will resume them"
+            );
+        }
+    }
+
+    /// `newGid`.
+    pub fn new_gid(&self) -> Gid {
+        Gid::generate()
+    }
+
+    fn base_interval(&self, options: &TransOptions) -> i64 {
+        driver::base_interval(options, &self.inner.opts)
+    }
+
+    fn build_txn(&self, req: &TxnRequest, status: GlobalStatus, now: Millis) -> GlobalTxn {
+        let mut options = req.options.clone();
+        options.retry_count = 0;
+        let base = self.base_interval(&options);
+        let mut txn = GlobalTxn {
+            id: 0,
+            gid: req.gid.clone(),
+            trans_type: req.trans_type,
+            status,
+            query_prepared: req.query_prepared.clone(),
+            protocol: req.protocol,
+            custom_data: req.custom_data.clone(),
+            options,
+            create_time: now,
+            update_time: now,
+            finish_time: None,
+            rollback_time: None,
+            result: String::new(),
+            rollback_reason: String::new(),
+            next_cron_interval: base,
+            next_cron_time: Some(now.plus_secs(base)),
+            owner: String::new(),
+            version: Version(1),
+            partition: Partition::of(&req.gid, self.inner.opts.partitions),
+        };
+        // A prepared tcc/xa/msg needs nothing until its timeout: look at it exactly then.
+        if status == GlobalStatus::Prepared && req.trans_type != TransType::Workflow {
+            let timeout = txn.effective_timeout(self.inner.opts.timeout_to_fail);
+            if timeout > 0 {
+                txn.next_cron_time = Some(now.plus_secs(timeout));
+            }
+        }
+        txn
+    }
+
+    /// The branches a create request implies: saga `[compensate, action]` per step; msg one `action` per step
+    /// (topics fan out to their subscribers); none for the other types.
+    async fn build_branches(&self, req: &TxnRequest, now: Millis) -> Result<Vec<Branch>> {
+        let mut bodies: Vec<Vec<u8>> = req.payloads.clone();
+        bodies.extend(req.steps.iter().filter_map(|s| s.get("data")).filter(|d| !d.is_empty()).map(|d| d.as_bytes().to_vec()));
+        let body = |i: usize| bodies.get(i).cloned().unwrap_or_default();
+        let gid = &req.gid;
+        let mut out = Vec::new();
+        match req.trans_type {
+            TransType::Saga => {
+                for (i, step) in req.steps.iter().enumerate() {
+                    let id = BranchId::for_step(i);
+                    let url = |k: &str| step.get(k).cloned().unwrap_or_default();
+                    out.push(Branch::new(gid, id.clone(), Op::Compensate, url("compensate"), body(i), now));
+                    out.push(Branch::new(gid, id, Op::Action, url("action"), body(i), now));
+                }
+            }
+            TransType::Msg => {
+                for (i, step) in req.steps.iter().enumerate() {
+                    let action = step.get("action").cloned().unwrap_or_default();
+                    let id = BranchId::for_step(i);
+                    if let Some(topic) = action.strip_prefix(TOPIC_SCHEME) {
+                        let subscribers = self.subscribers(topic).await?;
+                        if subscribers.is_empty() {
+                            return Err(Error::BadRequest(format!("topic not found: '{topic}' has no subscribers")));
+                        }
+                        let single = subscribers.len() == 1;
+                        for (j, sub) in subscribers.into_iter().enumerate() {
+                            let bid = if single { id.clone() } else { BranchId::new(format!("{id}-{:02}", j + 1)) };
+                            out.push(Branch::new(gid, bid, Op::Action, sub.url, body(i), now));
+                        }
+                    } else {
+                        out.push(Branch::new(gid, id, Op::Action, action, body(i), now));
+                    }
+                }
+            }
+            TransType::Tcc | TransType::Xa | TransType::Workflow => {}
+        }
+        Ok(out)
+    }
+
+    /// The subscribers of a topic.
+    pub async fn subscribers(&self, topic: &str) -> Result<Vec<Subscriber>> {
+        let Some(kv) = self.inner.store.kv_find(TOPICS_CAT, topic).await? else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(&kv.v).map_err(|e| Error::Pass(format!("stored subscribers of topic '{topic}' are corrupt: {e}")))
+    }
+
+    async fn load(&self, gid: &Gid) -> Result<GlobalTxn> {
+        self.inner.store.find_txn(gid).await?.ok_or_else(|| Error::NotFound(format!("no transaction with gid '{gid}'")))
+    }
+
+    /// `prepare`: stores the transaction as `prepared` (msg, tcc, xa). Idempotent while it stays prepared.
+    pub async fn prepare(&self, req: TxnRequest) -> Result<()> {
+        let now = self.inner.clock.now();
+        let txn = self.build_txn(&req, GlobalStatus::Prepared, now);
+        let branches = self.build_branches(&req, now).await?;
+        match self.inner.writer.write(Write::Insert { txn, branches }).await? {
+            WriteOutcome::Applied(_) => Ok(()),
+            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
+                let existing = self.load(&req.gid).await?;
+                if existing.status == GlobalStatus::Prepared {
+                    Ok(())
+                } else {
+                    Err(Error::Failure(format!("current status '{}', cannot prepare", existing.status)))
+                }
+            }
+        }
+    }
+
+    /// `submit`: stores (or moves a prepared one to) `submitted` and processes it, synchronously when
+    /// `wait_result` is set. Workflow submits record the client's final result instead.
+    pub async fn submit(&self, req: TxnRequest) -> Result<SubmitOutcome> {
+        if req.trans_type == TransType::Workflow {
+            return self.submit_workflow(&req).await.map(|()| SubmitOutcome::Accepted);
+        }
+        let now = self.inner.clock.now();
+        let txn = self.build_txn(&req, GlobalStatus::Submitted, now);
+        let branches = self.build_branches(&req, now).await?;
+        let wait = req.options.wait_result;
+        let (txn, branches) = match self.inner.writer.write(Write::Insert { txn: txn.clone(), branches: branches.clone() }).await? {
+            WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches),
+            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
+                let existing = self.load(&req.gid).await?;
+                match existing.status {
+                    GlobalStatus::Prepared => {
+                        let mut update = TxnUpdate::of(&existing, now);
+                        update.status = Some(GlobalStatus::Submitted);
+                        let base = self.base_interval(&existing.options);
+                        update.schedule = Schedule::At { interval: base, at: now.plus_secs(base) };
+                        match self.inner.writer.write(Write::Update(update)).await? {
+                            WriteOutcome::Applied(version) => {
+                                let branches = self.inner.store.find_branches(&req.gid).await?;
+                                let txn = GlobalTxn {
+                                    status: GlobalStatus::Submitted,
+                                    version,
+                                    next_cron_interval: base,
+                                    ..existing
+                                };
+                                (txn, branches)
+                            }
+                            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
+                                return Err(Error::Ongoing(format!(
+                                    "transaction '{}' changed while being submitted; retry",
+                                    req.gid
+                                )));
+                            }
+                        }
+                    }
+                    GlobalStatus::Submitted => {
+                        let branches = self.inner.store.find_branches(&req.gid).await?;
+                        (existing, branches)
+                    }
+                    other => return Err(Error::Failure(format!("current status '{other}', cannot submit"))),
+                }
+            }
+        };
+        if wait || txn.options.wait_result {
+            Ok(SubmitOutcome::Processed(self.run_pass(txn, branches).await))
+        } else {
+            self.spawn_pass(txn, Some(branches));
+            Ok(SubmitOutcome::Accepted)
+        }
+    }
+
+    async fn submit_workflow(&self, req: &TxnRequest) -> Result<()> {
+        let existing = self.load(&req.gid).await?;
+        let status = match req.req_extra.get("status").map(String::as_str) {
+            Some("succeed") => GlobalStatus::Succeed,
+            Some("failed") => GlobalStatus::Failed,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "req_extra.status must be 'succeed' or 'failed' for a workflow submit, got {other:?}"
+                )));
+            }
+        };
+        if existing.status != GlobalStatus::Prepared {
+            return Err(Error::Failure(format!("current status '{}', cannot submit", existing.status)));
+        }
+        let mut update = TxnUpdate::of(&existing, self.inner.clock.now());
+        update.expect_version = None;
+        update.status = Some(status);
+        update.rollback_reason = req.req_extra.get("rollback_reason").cloned();
+        update.result = req.req_extra.get("result").cloned();
+        match self.inner.writer.write(Write::Update(update)).await? {
+            WriteOutcome::Applied(_) => {
+                self.inner.metrics.transactions_finished.with_label_values(&["workflow", status.as_str()]).inc();
+                Ok(())
+            }
+            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
+                Err(Error::Failure(format!("workflow '{}' is no longer prepared, cannot submit", req.gid)))
+            }
+        }
+    }
+
+    /// `abort`: a prepared msg fails at once; a tcc/xa in `prepared` or `aborting` rolls back.
+    pub async fn abort(&self, gid: &Gid, trans_type: TransType, reason: String) -> Result<SubmitOutcome> {
+        let existing = self.load(gid).await?;
+        let now = self.inner.clock.now();
+        if existing.trans_type == TransType::Msg && existing.status == GlobalStatus::Prepared {
+            let mut update = TxnUpdate::of(&existing, now);
+            update.status = Some(GlobalStatus::Failed);
+            update.rollback_reason = Some(reason);
+            return match self.inner.writer.write(Write::Update(update)).await? {
+                WriteOutcome::Applied(_) => {
+                    self.inner.metrics.transactions_finished.with_label_values(&["msg", "failed"]).inc();
+                    Ok(SubmitOutcome::Accepted)
+                }
+                _ => Err(Error::Ongoing(format!("transaction '{gid}' changed while being aborted; retry"))),
+            };
+        }
+        let abortable = matches!(trans_type, TransType::Tcc | TransType::Xa)
+            && existing.trans_type == trans_type
+            && matches!(existing.status, GlobalStatus::Prepared | GlobalStatus::Aborting);
+        if !abortable {
+            return Err(Error::Failure(format!(
+                "trans type: '{}' current status '{}', cannot abort",
+                existing.trans_type, existing.status
+            )));
+        }
+        let txn = if existing.status == GlobalStatus::Prepared {
+            let mut update = TxnUpdate::of(&existing, now);
+            update.status = Some(GlobalStatus::Aborting);
+            update.rollback_reason = Some(reason.clone());
+            match self.inner.writer.write(Write::Update(update)).await? {
+                WriteOutcome::Applied(version) => {
+                    GlobalTxn { status: GlobalStatus::Aborting, rollback_reason: reason, version, ..existing }
+                }
+                _ => return Err(Error::Ongoing(format!("transaction '{gid}' changed while being aborted; retry"))),
+            }
+        } else {
+            existing
+        };
+        let branches = self.inner.store.find_branches(gid).await?;
+        if txn.options.wait_result {
+            Ok(SubmitOutcome::Processed(self.run_pass(txn, branches).await))
+        } else {
+            self.spawn_pass(txn, Some(branches));
+            Ok(SubmitOutcome::Accepted)
+        }
+    }
+
+    /// `forceStop`: marks an unfinished transaction `failed` without calling any branch.
+    pub async fn force_stop(&self, gid: &Gid) -> Result<()> {
+        for _ in 0..5 {
+            let existing = self.load(gid).await?;
+            if existing.status.is_final() {
+                return Err(Error::Failure(format!("global transaction force stop error: status is '{}'", existing.status)));
+            }
+            let mut update = TxnUpdate::of(&existing, self.inner.clock.now());
+            update.status = Some(GlobalStatus::Failed);
+            update.rollback_reason = Some("force stopped".to_owned());
+            if let WriteOutcome::Applied(_) = self.inner.writer.write(Write::Update(update)).await? {
+                self.inner
+                    .metrics
+                    .transactions_finished
+                    .with_label_values(&[existing.trans_type.as_str(), "failed"])
+                    .inc();
+                return Ok(());
+            }
+        }
+        Err(Error::Ongoing(format!("transaction '{gid}' keeps changing; retry the force stop")))
+    }
+
+    /// `registerBranch` for tcc (`confirm`/`cancel`), xa (`url`) and workflow (`op`, `status`): appends
+    /// branch rows while the transaction is `prepared`.
+    pub async fn register_branch(
+        &self,
+        gid: &Gid,
+        trans_type: TransType,
+        branch_id: BranchId,
+        data: Vec<u8>,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let now = self.inner.clock.now();
+        let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+        let mut branches = match trans_type {
+            TransType::Tcc => vec![
+                Branch::new(gid, branch_id.clone(), Op::Cancel, get("cancel"), data.clone(), now),
+                Branch::new(gid, branch_id.clone(), Op::Confirm, get("confirm"), data, now),
+            ],
+            TransType::Xa => vec![
+                Branch::new(gid, branch_id.clone(), Op::Rollback, get("url"), data.clone(), now),
+                Branch::new(gid, branch_id.clone(), Op::Commit, get("url"), data, now),
+            ],
+            TransType::Workflow => {
+                let op: Op = get("op").parse().map_err(|e| Error::BadRequest(format!("field 'op': {e}")))?;
+                let status: BranchStatus = get("status").parse().map_err(|e| Error::BadRequest(format!("field 'status': {e}")))?;
+                let mut b = Branch::new(gid, branch_id.clone(), op, String::new(), data, now);
+                b.status = status;
+                match status {
+                    BranchStatus::Succeed => b.finish_time = Some(now),
+                    BranchStatus::Failed => b.rollback_time = Some(now),
+                    BranchStatus::Prepared => {}
+                }
+                vec![b]
+            }
+            TransType::Saga | TransType::Msg => {
+                return Err(Error::BadRequest(format!("registerBranch does not apply to trans_type '{trans_type}'")));
+            }
+        };
+        for b in &mut branches {
+            b.gid = gid.clone();
+        }
+        let update = TxnUpdate {
+            gid: gid.clone(),
+            expect_status: GlobalStatus::Prepared,
+            expect_version: None,
+            status: None,
+            rollback_reason: None,
+            result: None,
+            options: None,
+            schedule: Schedule::Keep,
+            branches: Vec::new(),
+            new_branches: branches,
+            now,
+        };
+        match self.inner.writer.write(Write::Update(update)).await? {
+            WriteOutcome::Applied(_) => Ok(()),
+            WriteOutcome::Conflict => Err(Error::Failure(format!("no trans with gid: {gid} status: prepared found"))),
+            WriteOutcome::DuplicateBranch => Err(Error::Failure(format!(
+                "branch {branch_id} of {gid} is already registered"
+            ))),
+        }
+    }
+
+    /// `prepareWorkflow`: creates the workflow as `prepared`, or returns the stored one and its progress.
+    pub async fn prepare_workflow(&self, req: TxnRequest) -> Result<(GlobalTxn, Vec<Branch>)> {
+        let now = self.inner.clock.now();
+        let txn = self.build_txn(&req, GlobalStatus::Prepared, now);
+        match self.inner.writer.write(Write::Insert { txn, branches: Vec::new() }).await? {
+            WriteOutcome::Applied(_) | WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {}
+        }
+        let txn = self.load(&req.gid).await?;
+        let branches = self.inner.store.find_branches(&req.gid).await?;
+        Ok((txn, branches))
+    }
+
+    /// Runs a pass in the background (tracked, so shutdown waits for it). Loads the branches if not given.
+    pub fn spawn_pass(&self, txn: GlobalTxn, branches: Option<Vec<Branch>>) {
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            let branches = match branches {
+                Some(b) => b,
+                None => match engine.inner.store.find_branches(&txn.gid).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(braid.gid = %txn.gid, error = %e, "loading branches failed; the scan will retry");
+                        return;
+                    }
+                },
+            };
+            engine.run_pass(txn, branches).await;
+        });
+    }
+
+    /// Runs one processing pass now. If a pass for this gid is already running here, waits for it and
+    /// reports its outcome instead of running a second one.
+    pub async fn run_pass(&self, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
+        let mut events = self.inner.events.subscribe();
+        let claimed = match self.inner.inflight.lock() {
+            Ok(mut set) => set.insert(txn.gid.clone()),
+            Err(_) => false,
+        };
+        if !claimed {
+            loop {
+                match events.recv().await {
+                    Ok(ev) if ev.gid == txn.gid => {
+                        return PassResult { status: ev.status, rollback_reason: String::new(), error: None };
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return PassResult { status: txn.status, rollback_reason: String::new(), error: None };
+                    }
+                }
+            }
+        }
+        let guard = InflightGuard { inner: &self.inner, gid: txn.gid.clone() };
+        let gid = txn.gid.clone();
+        let gauge = self.inner.metrics.engine_inflight.with_label_values(&[txn.trans_type.as_str()]);
+        gauge.inc();
+        let result = driver::run(&self.inner, txn, branches).await;
+        gauge.dec();
+        // Leave the in-flight set before announcing, so a waiter that missed the event can run its own pass.
+        drop(guard);
+        let _ = self.inner.events.send(PassEvent { gid, status: result.status });
+        result
+    }
+}

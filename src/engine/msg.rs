@@ -1,0 +1,112 @@
+//! 2-phase message (spec §7.2). A `prepared` msg past its timeout is back-checked through `query_prepared`:
+//! SUCCESS submits it, FAILURE fails it, ONGOING/errors retry. A submitted msg waits out its `delay`, then
+//! calls every `prepared` action (in order, stopping at the first that does not succeed; or all at once when
+//! `concurrent`). A msg never rolls back after submit: every failure is retried.
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use super::driver::Pass;
+use crate::invoke::CallOutcome;
+use crate::model::{BranchStatus, GlobalStatus, Millis, Op};
+
+/// `custom_data.delay` in seconds (0 when absent or unreadable).
+pub(crate) fn delay_secs(custom_data: &str) -> Result<i64, String> {
+    if custom_data.trim().is_empty() {
+        return Ok(0);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(custom_data).map_err(|e| format!("custom_data is not valid JSON: {e}"))?;
+    match v.get("delay") {
+        None | Some(serde_json::Value::Null) => Ok(0),
+        Some(d) => d.as_i64().filter(|d| *d >= 0).ok_or_else(|| "custom_data.delay must be a non-negative integer".to_owned()),
+    }
+}
+
+pub(crate) async fn process(pass: &mut Pass<'_>) {
+    if pass.txn.status == GlobalStatus::Prepared {
+        if !pass.timed_out() {
+            let timeout = pass.timeout_secs();
+            pass.wake_at(pass.txn.create_time.plus_secs(timeout));
+            return;
+        }
+        let url = pass.txn.query_prepared.clone();
+        let (_, outcome) = pass.call_url(url, "00".to_owned(), Op::Msg.as_str().to_owned(), Vec::new()).await;
+        match outcome {
+            CallOutcome::Success => pass.set_status(GlobalStatus::Submitted, None),
+            CallOutcome::Failure(msg) => {
+                pass.set_status(GlobalStatus::Failed, Some(format!("query_prepared answered FAILURE: {msg}")));
+                return;
+            }
+            // ONGOING from the back-check restarts the interval (not a fault of anyone).
+            CallOutcome::Ongoing => {
+                pass.error = Some(super::PassError::Ongoing);
+                return;
+            }
+            other @ CallOutcome::Error(_) => {
+                pass.note(&other);
+                return;
+            }
+        }
+    }
+    if pass.txn.status != GlobalStatus::Submitted {
+        return;
+    }
+    let delay = delay_secs(&pass.txn.custom_data).unwrap_or(0);
+    if delay > 0 {
+        let due = Millis(pass.txn.create_time.0 + delay * 1000);
+        if pass.now < due {
+            pass.wake_at(due);
+            return;
+        }
+    }
+    let todo: Vec<usize> = pass
+        .branches
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.op == Op::Action && b.status == BranchStatus::Prepared)
+        .map(|(i, _)| i)
+        .collect();
+    if pass.txn.options.concurrent {
+        let mut calls: FuturesUnordered<_> = todo.iter().map(|&i| pass.call(i)).collect();
+        while let Some((idx, outcome)) = calls.next().await {
+            record(pass, idx, outcome);
+        }
+    } else {
+        for i in todo {
+            let (idx, outcome) = pass.call(i).await;
+            if !record(pass, idx, outcome) {
+                break;
+            }
+        }
+    }
+    let all_done = pass.branches.iter().filter(|b| b.op == Op::Action).all(|b| b.status == BranchStatus::Succeed);
+    if all_done {
+        pass.set_status(GlobalStatus::Succeed, None);
+    }
+}
+
+/// Records an action's answer; FAILURE is retried like an error. Returns whether it succeeded.
+fn record(pass: &mut Pass<'_>, idx: usize, outcome: CallOutcome) -> bool {
+    if outcome.is_success() {
+        pass.set_branch(idx, BranchStatus::Succeed);
+        true
+    } else {
+        pass.note(&outcome);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_is_read_from_custom_data() {
+        assert_eq!(delay_secs(""), Ok(0));
+        assert_eq!(delay_secs(r#"{"delay":10}"#), Ok(10));
+        assert_eq!(delay_secs(r#"{"other":1}"#), Ok(0));
+        assert!(delay_secs(r#"{"delay":"10"}"#).is_err());
+        assert!(delay_secs(r#"{"delay":-1}"#).is_err());
+    }
+}

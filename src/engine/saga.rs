@@ -1,0 +1,208 @@
+//! Saga (spec §7.1). Branches are stored `[c1, a1, c2, a2, ...]`: per step a compensation then an action.
+//!
+//! Forward: run every runnable `prepared` action (sequential: after the previous one succeeded; concurrent:
+//! after its `orders` prerequisites succeeded). A FAILURE marks the action `failed` and turns the saga to
+//! `aborting`. ONGOING and errors leave the action `prepared` for the next pass, except under `retry_limit`,
+//! where it is retried at once until the limit is used up, and then the saga aborts.
+//!
+//! Backward: every action that may have run (finished, failed, started in this pass, or runnable now and so
+//! possibly started by an earlier pass whose answer was lost) gets its compensation, in reverse dependency
+//! order: a step is compensated only after every step that depended on it.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use super::driver::Pass;
+use crate::invoke::CallOutcome;
+use crate::model::{BranchStatus, GlobalStatus, Op};
+
+/// The saga's step graph.
+struct Steps {
+    action: Vec<usize>,
+    compensate: Vec<Option<usize>>,
+    /// `prereqs[i]`: steps whose actions must succeed before step i's action runs.
+    prereqs: Vec<Vec<usize>>,
+}
+
+/// Parsed `custom_data` of a saga: `{"concurrent": bool, "orders": {"<step>": [<prereq steps>]}}`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct SagaCustom {
+    #[serde(default)]
+    pub(crate) concurrent: bool,
+    #[serde(default)]
+    pub(crate) orders: BTreeMap<String, Vec<usize>>,
+}
+
+/// Parses and checks saga custom data against the number of steps. The API calls it to reject bad input.
+pub(crate) fn parse_custom(custom_data: &str, steps: usize) -> Result<SagaCustom, String> {
+    if custom_data.trim().is_empty() {
+        return Ok(SagaCustom::default());
+    }
+    let custom: SagaCustom =
+        serde_json::from_str(custom_data).map_err(|e| format!("custom_data is not valid saga options: {e}"))?;
+    for (k, prereqs) in &custom.orders {
+        let step: usize = k.parse().map_err(|_| format!("custom_data.orders key '{k}' is not a step index"))?;
+        if step >= steps || prereqs.iter().any(|p| *p >= steps || *p == step) {
+            return Err(format!("custom_data.orders entry '{k}' refers to a step outside 0..{steps} or to itself"));
+        }
+    }
+    Ok(custom)
+}
+
+fn build_steps(pass: &Pass<'_>) -> Steps {
+    let action: Vec<usize> =
+        pass.branches.iter().enumerate().filter(|(_, b)| b.op == Op::Action).map(|(i, _)| i).collect();
+    let compensate =
+        action.iter().map(|&a| pass.find(pass.branches[a].branch_id.as_str(), Op::Compensate)).collect();
+    let n = action.len();
+    let custom = parse_custom(&pass.txn.custom_data, n).unwrap_or_else(|e| {
+        tracing::warn!(braid.gid = %pass.txn.gid, error = %e, "ignoring invalid saga custom_data");
+        SagaCustom::default()
+    });
+    let prereqs = if custom.concurrent {
+        (0..n).map(|i| custom.orders.get(&i.to_string()).cloned().unwrap_or_default()).collect()
+    } else {
+        (0..n).map(|i| if i == 0 { Vec::new() } else { vec![i - 1] }).collect()
+    };
+    Steps { action, compensate, prereqs }
+}
+
+pub(crate) async fn process(pass: &mut Pass<'_>) {
+    let steps = build_steps(pass);
+    let n = steps.action.len();
+    let status_of = |pass: &Pass<'_>, i: usize| pass.branches[steps.action[i]].status;
+
+    if pass.txn.status == GlobalStatus::Submitted && pass.timed_out() {
+        let reason = format!("Timeout after {} seconds", pass.timeout_secs());
+        pass.set_status(GlobalStatus::Aborting, Some(reason));
+    }
+
+    let mut started = vec![false; n];
+    let any_failed = |pass: &Pass<'_>| (0..n).any(|i| status_of(pass, i) == BranchStatus::Failed);
+
+    if pass.txn.status == GlobalStatus::Submitted && !any_failed(pass) {
+        let mut running = vec![false; n];
+        let mut blocked = vec![false; n];
+        let mut calls = FuturesUnordered::new();
+        loop {
+            if pass.txn.status == GlobalStatus::Submitted && !any_failed(pass) {
+                for i in 0..n {
+                    let runnable = status_of(pass, i) == BranchStatus::Prepared
+                        && !running[i]
+                        && !blocked[i]
+                        && steps.prereqs[i].iter().all(|&p| status_of(pass, p) == BranchStatus::Succeed);
+                    if runnable {
+                        running[i] = true;
+                        started[i] = true;
+                        calls.push(pass.call(steps.action[i]));
+                    }
+                }
+            }
+            let Some((idx, outcome)) = calls.next().await else { break };
+            let Some(i) = steps.action.iter().position(|&a| a == idx) else { continue };
+            running[i] = false;
+            match outcome {
+                CallOutcome::Success => pass.set_branch(idx, BranchStatus::Succeed),
+                CallOutcome::Failure(msg) => {
+                    pass.set_branch(idx, BranchStatus::Failed);
+                    let b = &pass.branches[idx];
+                    let reason = format!("branch {} action {} failed: {msg}", b.branch_id, b.url);
+                    pass.set_status(GlobalStatus::Aborting, Some(reason));
+                }
+                other => {
+                    let limit = pass.txn.options.retry_limit;
+                    if limit > 0 && pass.txn.status == GlobalStatus::Submitted {
+                        if pass.txn.options.retry_count < limit {
+                            pass.txn.options.retry_count += 1;
+                            running[i] = true;
+                            calls.push(pass.call(idx));
+                        } else {
+                            let reason = format!("RetryCount is greater than RetryLimit, RetryLimit: {limit}");
+                            pass.set_status(GlobalStatus::Aborting, Some(reason));
+                            pass.note(&other);
+                        }
+                    } else {
+                        blocked[i] = true;
+                        pass.note(&other);
+                    }
+                }
+            }
+        }
+        if pass.txn.status == GlobalStatus::Submitted && (0..n).all(|i| status_of(pass, i) == BranchStatus::Succeed) {
+            pass.set_status(GlobalStatus::Succeed, None);
+            return;
+        }
+    } else if pass.txn.status == GlobalStatus::Submitted && any_failed(pass) {
+        // A failure recorded by an earlier pass whose status change was lost.
+        pass.set_status(GlobalStatus::Aborting, Some("fail message lost".to_owned()));
+    }
+
+    if pass.txn.status != GlobalStatus::Aborting {
+        return;
+    }
+    // Which actions may have run.
+    let possibly_ran: Vec<bool> = (0..n)
+        .map(|i| {
+            let runnable_now = status_of(pass, i) == BranchStatus::Prepared
+                && steps.prereqs[i].iter().all(|&p| status_of(pass, p) == BranchStatus::Succeed);
+            status_of(pass, i) != BranchStatus::Prepared || started[i] || runnable_now
+        })
+        .collect();
+    let comp_status = |pass: &Pass<'_>, i: usize| steps.compensate[i].map(|c| pass.branches[c].status);
+    let comp_done = |pass: &Pass<'_>, i: usize| !possibly_ran[i] || comp_status(pass, i) != Some(BranchStatus::Prepared);
+    // dependents[i]: steps that listed i as a prerequisite; they are compensated first.
+    let mut dependents = vec![Vec::new(); n];
+    for (j, ps) in steps.prereqs.iter().enumerate() {
+        for &p in ps {
+            dependents[p].push(j);
+        }
+    }
+    let mut running = vec![false; n];
+    let mut blocked = vec![false; n];
+    let mut calls = FuturesUnordered::new();
+    loop {
+        for i in 0..n {
+            let runnable = !comp_done(pass, i)
+                && !running[i]
+                && !blocked[i]
+                && dependents[i].iter().all(|&j| comp_done(pass, j));
+            if runnable {
+                if let Some(c) = steps.compensate[i] {
+                    running[i] = true;
+                    calls.push(pass.call(c));
+                }
+            }
+        }
+        let Some((idx, outcome)) = calls.next().await else { break };
+        let Some(i) = steps.compensate.iter().position(|&c| c == Some(idx)) else { continue };
+        running[i] = false;
+        if outcome.is_success() {
+            pass.set_branch(idx, BranchStatus::Succeed);
+        } else {
+            blocked[i] = true;
+            pass.note(&outcome);
+        }
+    }
+    if (0..n).all(|i| comp_done(pass, i)) {
+        pass.set_status(GlobalStatus::Failed, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_data_is_checked_against_steps() {
+        assert!(parse_custom("", 2).is_ok());
+        let c = parse_custom(r#"{"concurrent":true,"orders":{"1":[0]}}"#, 2).unwrap();
+        assert!(c.concurrent);
+        assert_eq!(c.orders["1"], vec![0]);
+        assert!(parse_custom(r#"{"orders":{"2":[0]}}"#, 2).unwrap_err().contains("'2'"));
+        assert!(parse_custom(r#"{"orders":{"1":[1]}}"#, 2).is_err());
+        assert!(parse_custom(r#"{"orders":{"x":[0]}}"#, 2).is_err());
+        assert!(parse_custom("not json", 2).is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! TCC (spec §7.3). The client registers branches (`[cancel, confirm]` rows each) and calls the tries
+//! itself. Submitted: confirm every branch; aborting (by the client, or by timeout while prepared): cancel
+//! every branch, including those whose try failed. Both walk the branches in reverse registration order and
+//! stop at the first that does not succeed; the next pass continues from there.
+
+use super::driver::Pass;
+use crate::model::{BranchStatus, GlobalStatus, Op};
+
+pub(crate) async fn process(pass: &mut Pass<'_>) {
+    phase_two(pass, Op::Confirm, Op::Cancel, true).await;
+}
+
+/// Shared by TCC and XA: time out a prepared transaction, then run `commit_op` or `rollback_op` on every
+/// branch not yet done, in reverse (`reverse = true`) or forward order.
+pub(crate) async fn phase_two(pass: &mut Pass<'_>, commit_op: Op, rollback_op: Op, reverse: bool) {
+    if pass.txn.status == GlobalStatus::Prepared {
+        if !pass.timed_out() {
+            let timeout = pass.timeout_secs();
+            pass.wake_at(pass.txn.create_time.plus_secs(timeout));
+            return;
+        }
+        let reason = format!("Timeout after {} seconds", pass.timeout_secs());
+        pass.set_status(GlobalStatus::Aborting, Some(reason));
+    }
+    let (op, done) = match pass.txn.status {
+        GlobalStatus::Submitted => (commit_op, GlobalStatus::Succeed),
+        GlobalStatus::Aborting => (rollback_op, GlobalStatus::Failed),
+        _ => return,
+    };
+    let mut order: Vec<usize> = (0..pass.branches.len()).filter(|&i| pass.branches[i].op == op).collect();
+    if reverse {
+        order.reverse();
+    }
+    for i in order {
+        if pass.branches[i].status == BranchStatus::Succeed {
+            continue;
+        }
+        let (idx, outcome) = pass.call(i).await;
+        if outcome.is_success() {
+            pass.set_branch(idx, BranchStatus::Succeed);
+        } else {
+            pass.note(&outcome);
+            return;
+        }
+    }
+    pass.set_status(done, None);
+}
