@@ -90,29 +90,41 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("{what}: {e}"))
 }
 
+/// A text column. MySQL reports `TEXT` columns as `BLOB` through the `Any` driver, so accept bytes too.
+fn text(row: &AnyRow, col: &str) -> Result<String> {
+    match row.try_get::<String, _>(col) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => {
+            let bytes: Vec<u8> = row.try_get(col)?;
+            String::from_utf8(bytes).map_err(|e| corrupt(col, e))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn decode_txn(row: &AnyRow) -> Result<GlobalTxn> {
-    let gid: String = row.try_get("gid")?;
+    let gid = text(row, "gid")?;
     let gid = Gid::parse(&gid).map_err(|e| corrupt("gid", e))?;
-    let options: String = row.try_get("options")?;
+    let options = text(row, "options")?;
     let partition: i64 = row.try_get("partition_id")?;
     let version: i64 = row.try_get("version")?;
     Ok(GlobalTxn {
         id: row.try_get("id")?,
-        trans_type: row.try_get::<String, _>("trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
-        status: row.try_get::<String, _>("status")?.parse().map_err(|e| corrupt("status", e))?,
-        query_prepared: row.try_get("query_prepared")?,
-        protocol: row.try_get::<String, _>("protocol")?.parse().map_err(|e| corrupt("protocol", e))?,
-        custom_data: row.try_get("custom_data")?,
+        trans_type: text(row, "trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
+        status: text(row, "status")?.parse().map_err(|e| corrupt("status", e))?,
+        query_prepared: text(row, "query_prepared")?,
+        protocol: text(row, "protocol")?.parse().map_err(|e| corrupt("protocol", e))?,
+        custom_data: text(row, "custom_data")?,
         options: serde_json::from_str(&options).map_err(|e| corrupt(&format!("options of {gid}"), e))?,
-        result: row.try_get("result")?,
-        rollback_reason: row.try_get("rollback_reason")?,
+        result: text(row, "result")?,
+        rollback_reason: text(row, "rollback_reason")?,
         create_time: Millis(row.try_get("create_time")?),
         update_time: Millis(row.try_get("update_time")?),
         finish_time: row.try_get::<Option<i64>, _>("finish_time")?.map(Millis),
         rollback_time: row.try_get::<Option<i64>, _>("rollback_time")?.map(Millis),
         next_cron_interval: row.try_get("next_cron_interval")?,
         next_cron_time: row.try_get::<Option<i64>, _>("next_cron_time")?.map(Millis),
-        owner: row.try_get("owner")?,
+        owner: text(row, "owner")?,
         version: Version(u64::try_from(version).map_err(|e| corrupt("version", e))?),
         partition: Partition(u16::try_from(partition).map_err(|e| corrupt("partition_id", e))?),
         gid,
@@ -120,15 +132,15 @@ fn decode_txn(row: &AnyRow) -> Result<GlobalTxn> {
 }
 
 fn decode_branch(row: &AnyRow) -> Result<Branch> {
-    let gid: String = row.try_get("gid")?;
+    let gid = text(row, "gid")?;
     Ok(Branch {
         id: row.try_get("id")?,
         gid: Gid::parse(&gid).map_err(|e| corrupt("branch gid", e))?,
-        branch_id: BranchId::new(row.try_get::<String, _>("branch_id")?),
-        op: row.try_get::<String, _>("op")?.parse().map_err(|e| corrupt("op", e))?,
-        url: row.try_get("url")?,
+        branch_id: BranchId::new(text(row, "branch_id")?),
+        op: text(row, "op")?.parse().map_err(|e| corrupt("op", e))?,
+        url: text(row, "url")?,
         bin_data: row.try_get("bin_data")?,
-        status: row.try_get::<String, _>("status")?.parse().map_err(|e| corrupt("branch status", e))?,
+        status: text(row, "status")?.parse().map_err(|e| corrupt("branch status", e))?,
         create_time: Millis(row.try_get("create_time")?),
         update_time: Millis(row.try_get("update_time")?),
         finish_time: row.try_get::<Option<i64>, _>("finish_time")?.map(Millis),
@@ -139,9 +151,9 @@ fn decode_branch(row: &AnyRow) -> Result<Branch> {
 fn decode_kv(row: &AnyRow) -> Result<KvRecord> {
     Ok(KvRecord {
         id: row.try_get("id")?,
-        cat: row.try_get("cat")?,
-        k: row.try_get("k")?,
-        v: row.try_get("v")?,
+        cat: text(row, "cat")?,
+        k: text(row, "k")?,
+        v: text(row, "v")?,
         version: row.try_get("version")?,
         create_time: Millis(row.try_get("create_time")?),
         update_time: Millis(row.try_get("update_time")?),
@@ -227,7 +239,7 @@ impl SqlStore {
             }
             let existing = q.fetch_all(&mut **tx).await?;
             for row in &existing {
-                let (bid, op): (String, String) = (row.try_get("branch_id")?, row.try_get("op")?);
+                let (bid, op) = (text(row, "branch_id")?, text(row, "op")?);
                 if u.new_branches.iter().any(|b| b.branch_id.as_str() == bid && b.op.as_str() == op) {
                     return Ok(WriteOutcome::DuplicateBranch);
                 }
@@ -508,8 +520,8 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| r.try_get("gid"))
-        .collect::<Result<_, _>>()?;
+        .map(|r| text(r, "gid"))
+        .collect::<Result<_>>()?;
         if gids.is_empty() {
             tx.commit().await?;
             return Ok(0);

@@ -1,0 +1,230 @@
+//! Shared harness of the integration tests: a braid server started in-process on a fresh SQLite file or a
+//! fresh MariaDB database, and a test business service (DTM's `busi`) that records every call it receives.
+#![allow(dead_code, missing_docs)]
+
+pub mod busi;
+
+use std::time::Duration;
+
+use braid::config::Config;
+use braid::model::Gid;
+use braid::server::{Server, StartOptions};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+pub use busi::Busi;
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Mysql,
+}
+
+/// Base DSN of the test MariaDB/MySQL server (`BRAID_TEST_MYSQL`, default root on 127.0.0.1:3306).
+pub fn mysql_base() -> String {
+    std::env::var("BRAID_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// A fresh store DSN for `backend`.
+pub fn fresh_dsn(backend: Backend) -> String {
+    let id = braid::model::short_uuid().to_lowercase();
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("braid-it-{id}"));
+            format!("sqlite://{}/braid.db", dir.display())
+        }
+        Backend::Mysql => format!("{}/braid_it_{id}", mysql_base()),
+    }
+}
+
+/// A config for tests: ephemeral port on loopback, 1-second scans.
+pub fn test_config(dsn: &str) -> Config {
+    Config { http_port: 0, bind: "127.0.0.1".to_owned(), store: dsn.to_owned(), ..Config::default() }
+}
+
+/// A running in-process braid with helpers in the spirit of DTM's test suite (spec §14.1).
+pub struct TestServer {
+    pub server: Server,
+    pub http: reqwest::Client,
+    pub dsn: String,
+    events: broadcast::Receiver<braid::engine::PassEvent>,
+}
+
+impl TestServer {
+    /// Starts braid on a fresh store without the background scanner (tests call `cron_once`).
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(test_config(&fresh_dsn(backend))).await
+    }
+
+    /// Starts braid with `config`, without the background scanner.
+    pub async fn start_with(config: Config) -> Self {
+        if let Ok(level) = std::env::var("BRAID_TEST_LOG") {
+            let _ = braid::telemetry::init(&level, braid::config::LogFormat::Text);
+        }
+        let server = Server::start(&config, StartOptions { scanner: false, grace: Duration::from_secs(5) })
+            .await
+            .expect("test server starts");
+        let events = server.engine.events();
+        Self { server, http: reqwest::Client::new(), dsn: config.store.clone(), events }
+    }
+
+    /// `http://127.0.0.1:port/api/dtmsvr`.
+    pub fn dtm(&self) -> String {
+        self.server.dtm_url()
+    }
+
+    /// POSTs JSON to a dtmsvr route; returns (status, body as JSON or as a string value).
+    pub async fn post(&self, route: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(route, &body.to_string()).await
+    }
+
+    /// POSTs a raw body to a dtmsvr route.
+    pub async fn post_raw(&self, route: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/{route}", self.dtm()))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body read");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GETs a route under dtmsvr with a query string.
+    pub async fn get(&self, route_and_query: &str) -> (u16, Value) {
+        let resp = self.http.get(format!("{}/{route_and_query}", self.dtm())).send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body read");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Submits and expects 200.
+    #[track_caller]
+    pub async fn submit_ok(&self, body: &Value) {
+        let (status, reply) = self.post("submit", body).await;
+        assert_eq!(status, 200, "submit failed: {reply}");
+        assert_eq!(reply["dtm_result"], "SUCCESS", "{reply}");
+    }
+
+    /// Waits until a processing pass of `gid` has finished (DTM's `waitTransProcessed`).
+    pub async fn wait_pass(&mut self, gid: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Ok(ev)) if ev.gid.as_str() == gid => return,
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => panic!("engine stopped while waiting for {gid}"),
+                Err(_) => panic!("no processing pass of {gid} finished within 20 s"),
+            }
+        }
+    }
+
+    /// The `query` reply.
+    pub async fn query(&self, gid: &str) -> Value {
+        let (status, body) = self.get(&format!("query?gid={gid}")).await;
+        assert_eq!(status, 200, "query failed: {body}");
+        body
+    }
+
+    /// The global status.
+    pub async fn status(&self, gid: &str) -> String {
+        self.query(gid).await["transaction"]["status"].as_str().unwrap_or("<none>").to_owned()
+    }
+
+    /// The branch statuses in stored order (DTM's `getBranchesStatus`).
+    pub async fn branch_statuses(&self, gid: &str) -> Vec<String> {
+        let q = self.query(gid).await;
+        q["branches"]
+            .as_array()
+            .map(|bs| bs.iter().map(|b| b["status"].as_str().unwrap_or_default().to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The rollback reason.
+    pub async fn rollback_reason(&self, gid: &str) -> String {
+        self.query(gid).await["transaction"]["rollback_reason"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// One recovery scan, waiting for its passes (DTM's `CronTransOnce`). Returns the claimed gids.
+    pub async fn cron_once(&self) -> Vec<String> {
+        let gids = self.server.scanner.scan_once(true).await.expect("scan works");
+        gids.iter().map(Gid::to_string).collect()
+    }
+
+    /// Pretends `secs` seconds have passed (timeouts and schedules both see it).
+    pub fn forward(&self, secs: u64) {
+        self.server.engine.clock().advance(Duration::from_secs(secs));
+    }
+
+    /// Forwards time, then runs one scan; asserts that exactly `gid` was picked.
+    #[track_caller]
+    pub async fn cron_forward_expect(&self, secs: u64, gid: &str) {
+        self.forward(secs);
+        let picked = self.cron_once().await;
+        assert_eq!(picked, vec![gid.to_owned()], "the scan after +{secs}s picked {picked:?}");
+    }
+
+    /// Stops the server and drops its MariaDB database.
+    pub async fn stop(self) {
+        let dsn = self.dsn.clone();
+        self.server.stop().await;
+        drop_database(&dsn).await;
+    }
+}
+
+/// Drops the database of a MySQL DSN made by [`fresh_dsn`] (no-op for SQLite).
+pub async fn drop_database(dsn: &str) {
+    if let Some(db) = dsn.strip_prefix(&format!("{}/", mysql_base())) {
+        sqlx::any::install_default_drivers();
+        if let Ok(pool) = sqlx::AnyPool::connect(&format!("{}/", mysql_base())).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`")).execute(&pool).await;
+            pool.close().await;
+        }
+    }
+}
+
+/// A saga body with two steps TransOut then TransIn against `busi`, the DTM test-suite shape.
+pub fn saga_body(gid: &str, busi: &str, out_result: &str, in_result: &str) -> Value {
+    let payload = busi::req(30, out_result, in_result);
+    serde_json::json!({
+        "gid": gid,
+        "trans_type": "saga",
+        "steps": [
+            {"action": format!("{busi}/TransOut"), "compensate": format!("{busi}/TransOutRevert")},
+            {"action": format!("{busi}/TransIn"), "compensate": format!("{busi}/TransInRevert")},
+        ],
+        "payloads": [payload.clone(), payload],
+    })
+}
+
+/// A unique gid for a test.
+pub fn gid(prefix: &str) -> String {
+    format!("{prefix}-{}", braid::model::short_uuid())
+}
+
+/// Stamps out one `#[tokio::test]` per backend for each scenario `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Mysql).await
+                }
+            )+
+        }
+    };
+}
