@@ -63,6 +63,12 @@ pub struct ServeArgs {
     /// This replica's name in logs and claims (default: the host name).
     #[arg(long, env = "BRAID_NODE_ID")]
     pub node_id: Option<String>,
+    /// POST an alert JSON here when a branch keeps failing (DTM's AlertWebHook).
+    #[arg(long, env = "BRAID_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+    /// Alert from this many consecutive failures of a transaction on.
+    #[arg(long, env = "BRAID_ALERT_RETRY_LIMIT")]
+    pub alert_retry_limit: Option<i64>,
     /// Log filter: a level (`info`) or a `RUST_LOG`-style directive list.
     #[arg(long, env = "BRAID_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -86,6 +92,8 @@ struct FileConfig {
     backoff_cap: Option<i64>,
     retention: Option<i64>,
     node_id: Option<String>,
+    alert_webhook: Option<String>,
+    alert_retry_limit: Option<i64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -115,6 +123,10 @@ pub struct Config {
     pub retention: i64,
     /// Replica name.
     pub node_id: String,
+    /// Alert webhook URL.
+    pub alert_webhook: Option<String>,
+    /// Alert threshold.
+    pub alert_retry_limit: i64,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -138,6 +150,8 @@ impl Default for Config {
             backoff_cap: 3600,
             retention: 7 * 24 * 3600,
             node_id: default_node_id(),
+            alert_webhook: None,
+            alert_retry_limit: 3,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -168,6 +182,8 @@ struct DtmEnv {
     request_timeout: Option<i64>,
     scan_interval: Option<u64>,
     log_level: Option<String>,
+    alert_webhook: Option<String>,
+    alert_retry_limit: Option<i64>,
 }
 
 fn env_parse<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>, ConfigError> {
@@ -205,6 +221,8 @@ impl DtmEnv {
             request_timeout: env_parse(get, "REQUEST_TIMEOUT")?,
             scan_interval: env_parse(get, "TRANS_CRON_INTERVAL")?,
             log_level: get("LOG_LEVEL").filter(|v| !v.is_empty()),
+            alert_webhook: get("ALERT_WEB_HOOK").filter(|v| !v.is_empty()),
+            alert_retry_limit: env_parse(get, "ALERT_RETRY_LIMIT")?,
         })
     }
 }
@@ -248,6 +266,12 @@ impl Config {
             backoff_cap: args.backoff_cap.or(file.backoff_cap).unwrap_or(d.backoff_cap),
             retention: args.retention.or(file.retention).unwrap_or(d.retention),
             node_id: args.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
+            alert_webhook: args.alert_webhook.clone().or(dtm.alert_webhook).or(file.alert_webhook),
+            alert_retry_limit: args
+                .alert_retry_limit
+                .or(dtm.alert_retry_limit)
+                .or(file.alert_retry_limit)
+                .unwrap_or(d.alert_retry_limit),
             log_level: args.log_level.clone().or(dtm.log_level).or(file.log_level).unwrap_or(d.log_level),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
         };
@@ -293,6 +317,8 @@ impl Config {
             timeout_to_fail: self.timeout_to_fail,
             request_timeout: self.request_timeout,
             backoff_cap: self.backoff_cap,
+            alert_webhook: self.alert_webhook.clone(),
+            alert_retry_limit: self.alert_retry_limit,
             ..EngineOptions::default()
         }
     }

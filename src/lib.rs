@@ -9,6 +9,7 @@ pub mod engine;
 pub mod invoke;
 pub mod metrics;
 pub mod model;
+pub mod proto;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -42,6 +42,8 @@ impl Default for StartOptions {
 pub struct Server {
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Where the gRPC API listens.
+    pub grpc_addr: SocketAddr,
     /// The engine.
     pub engine: Engine,
     /// The recovery scanner (also usable by hand: `scan_once`).
@@ -52,6 +54,7 @@ pub struct Server {
     writer_cancel: CancellationToken,
     store: DynStore,
     http: JoinHandle<()>,
+    grpc: JoinHandle<()>,
     scan: Option<JoinHandle<()>>,
     writer: JoinHandle<()>,
     grace: Duration,
@@ -102,10 +105,32 @@ impl Server {
                 http_cancel.cancel();
             }
         });
+        let grpc_addr: SocketAddr = format!("{}:{}", config.bind, config.grpc_port)
+            .parse()
+            .with_context(|| format!("invalid listen address {}:{}", config.bind, config.grpc_port))?;
+        let grpc_listener =
+            tokio::net::TcpListener::bind(grpc_addr).await.with_context(|| format!("binding gRPC port {grpc_addr}"))?;
+        let grpc_addr = grpc_listener.local_addr().context("reading the gRPC listen address")?;
+        let grpc_service = api::grpc::service(AppState { engine: engine.clone(), metrics: metrics.clone() });
+        let grpc_cancel = cancel.clone();
+        let grpc = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(grpc_service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    grpc_cancel.clone().cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gRPC server failed");
+                grpc_cancel.cancel();
+            }
+        });
         let scan = opts.scanner.then(|| tokio::spawn(scanner.clone().run(cancel.clone())));
-        tracing::info!(http = %http_addr, store = %redact_dsn(&config.store), kind = store.kind(), "braid started");
+        tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %redact_dsn(&config.store), kind = store.kind(), "braid started");
         Ok(Self {
             http_addr,
+            grpc_addr,
             engine,
             scanner,
             metrics,
@@ -113,6 +138,7 @@ impl Server {
             writer_cancel,
             store,
             http,
+            grpc,
             scan,
             writer,
             grace: opts.grace,
@@ -133,6 +159,7 @@ impl Server {
     pub async fn stop(self) {
         self.cancel.cancel();
         let _ = self.http.await;
+        let _ = self.grpc.await;
         if let Some(scan) = self.scan {
             let _ = scan.await;
         }

@@ -57,10 +57,18 @@ async fn prepare(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> 
     Ok(success())
 }
 
-/// The reply of a synchronous (`wait_result`) pass (spec §4.3).
-fn pass_reply(result: PassResult) -> Result<Json<Value>> {
+/// What a submit/abort answers: SUCCESS at once, or the outcome of the synchronous (`wait_result`) pass
+/// (spec §4.3). Shared by HTTP, gRPC and JSON-RPC.
+pub(crate) fn submit_reply(outcome: SubmitOutcome) -> Result<()> {
+    match outcome {
+        SubmitOutcome::Accepted => Ok(()),
+        SubmitOutcome::Processed(result) => pass_reply(result),
+    }
+}
+
+fn pass_reply(result: PassResult) -> Result<()> {
     match result.status {
-        GlobalStatus::Succeed => Ok(success()),
+        GlobalStatus::Succeed => Ok(()),
         GlobalStatus::Failed => {
             let reason = if result.rollback_reason.is_empty() {
                 "wait result not return success".to_owned()
@@ -79,20 +87,16 @@ fn pass_reply(result: PassResult) -> Result<Json<Value>> {
 
 async fn submit(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
     let req = parse_json::<TransBody>(&body)?.into_request()?;
-    match s.engine.submit(req).await? {
-        SubmitOutcome::Accepted => Ok(success()),
-        SubmitOutcome::Processed(result) => pass_reply(result),
-    }
+    submit_reply(s.engine.submit(req).await?)?;
+    Ok(success())
 }
 
 async fn abort(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
     let b: TransBody = parse_json(&body)?;
     let gid = parse_gid(&b.gid)?;
     let trans_type = parse_trans_type(&b.trans_type)?;
-    match s.engine.abort(&gid, trans_type, b.rollback_reason).await? {
-        SubmitOutcome::Accepted => Ok(success()),
-        SubmitOutcome::Processed(result) => pass_reply(result),
-    }
+    submit_reply(s.engine.abort(&gid, trans_type, b.rollback_reason).await?)?;
+    Ok(success())
 }
 
 #[derive(serde::Deserialize)]
@@ -203,7 +207,7 @@ fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
 }
 
 /// Read-modify-write of a topic's subscriber list with the KV version as the guard; retried on lost races.
-async fn update_topic(
+pub(crate) async fn update_topic(
     s: &AppState,
     topic: &str,
     change: impl Fn(Option<Vec<Subscriber>>) -> Result<Vec<Subscriber>>,
@@ -234,24 +238,39 @@ async fn update_topic(
 
 async fn subscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
     let topic = required(&q, "topic")?;
-    let url = required(&q, "url")?.to_owned();
+    let url = required(&q, "url")?;
     let remark = q.get("remark").cloned().unwrap_or_default();
-    update_topic(&s, topic, |subs| {
+    add_subscriber(&s, topic, url, &remark).await?;
+    Ok(success())
+}
+
+/// Adds `url` to `topic` (creating the topic); a duplicate url is a FAILURE.
+pub(crate) async fn add_subscriber(s: &AppState, topic: &str, url: &str, remark: &str) -> Result<()> {
+    if topic.is_empty() || url.is_empty() {
+        return Err(Error::BadRequest("topic and url are required".to_owned()));
+    }
+    update_topic(s, topic, |subs| {
         let mut subs = subs.unwrap_or_default();
         if subs.iter().any(|x| x.url == url) {
             return Err(Error::Failure(format!("this url exists: '{url}' already subscribes to topic '{topic}'")));
         }
-        subs.push(Subscriber { url: url.clone(), remark: remark.clone() });
+        subs.push(Subscriber { url: url.to_owned(), remark: remark.to_owned() });
         Ok(subs)
     })
-    .await?;
-    Ok(success())
+    .await
 }
 
 async fn unsubscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
-    let topic = required(&q, "topic")?;
-    let url = required(&q, "url")?.to_owned();
-    update_topic(&s, topic, |subs| {
+    remove_subscriber(&s, required(&q, "topic")?, required(&q, "url")?).await?;
+    Ok(success())
+}
+
+/// Removes `url` from `topic`.
+pub(crate) async fn remove_subscriber(s: &AppState, topic: &str, url: &str) -> Result<()> {
+    if topic.is_empty() || url.is_empty() {
+        return Err(Error::BadRequest("topic and url are required".to_owned()));
+    }
+    update_topic(s, topic, |subs| {
         let Some(mut subs) = subs else {
             return Err(Error::NotFound(format!("topic '{topic}' not found")));
         };
@@ -262,15 +281,20 @@ async fn unsubscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, 
         }
         Ok(subs)
     })
-    .await?;
-    Ok(success())
+    .await
 }
 
 async fn delete_topic(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
-    if !s.engine.store().kv_delete(TOPICS_CAT, &name).await? {
+    remove_topic(&s, &name).await?;
+    Ok(success())
+}
+
+/// Deletes a topic.
+pub(crate) async fn remove_topic(s: &AppState, name: &str) -> Result<()> {
+    if !s.engine.store().kv_delete(TOPICS_CAT, name).await? {
         return Err(Error::NotFound(format!("topic '{name}' not found")));
     }
-    Ok(success())
+    Ok(())
 }
 
 async fn scan_kv(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {

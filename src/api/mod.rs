@@ -3,6 +3,8 @@
 
 mod body;
 mod dtmsvr;
+pub mod grpc;
+mod jsonrpc;
 mod render;
 
 use std::sync::Arc;
@@ -115,6 +117,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/dtmsvr", dtmsvr::routes())
+        .route("/api/json-rpc", axum::routing::post(jsonrpc::handle))
         .route("/api/ping", any(|| async { axum::Json(json!({"msg": "pong"})) }))
         .route("/api/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))

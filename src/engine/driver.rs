@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -87,6 +88,8 @@ pub(crate) struct Pass<'a> {
     retry: Retry,
     wake_at: Option<Millis>,
     pub(crate) error: Option<PassError>,
+    /// URL and error of the last call that did not succeed (for the alert webhook).
+    last_failed: Arc<Mutex<Option<(String, String)>>>,
 }
 
 impl<'a> Pass<'a> {
@@ -102,6 +105,7 @@ impl<'a> Pass<'a> {
             retry: Retry::Reset,
             wake_at: None,
             error: None,
+            last_failed: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -178,6 +182,7 @@ impl<'a> Pass<'a> {
         let gid = self.txn.gid.to_string();
         let headers = self.txn.options.branch_headers.clone();
         let (protocol, trans_type, timeout) = (self.txn.protocol, self.txn.trans_type, self.call_timeout());
+        let last_failed = self.last_failed.clone();
         let span = tracing::debug_span!("branch_call", braid.branch_id = %branch_id, braid.op = %op);
         Box::pin(
             async move {
@@ -194,6 +199,11 @@ impl<'a> Pass<'a> {
                 };
                 let outcome = invoker.call(&call).await;
                 let status = if outcome.is_success() { "ok" } else { "fail" };
+                if let CallOutcome::Error(e) | CallOutcome::Failure(e) = &outcome {
+                    if let Ok(mut last) = last_failed.lock() {
+                        *last = Some((url.clone(), e.clone()));
+                    }
+                }
                 metrics.branch_process.with_label_values(&[trans_type.as_str(), &branch_id, &op, status]).inc();
                 tracing::debug!(outcome = outcome.label(), "branch answered");
                 (usize::MAX, outcome)
@@ -205,6 +215,31 @@ impl<'a> Pass<'a> {
     /// Index of the branch with this id and op.
     pub(crate) fn find(&self, branch_id: &str, op: Op) -> Option<usize> {
         self.branches.iter().position(|b| b.branch_id.as_str() == branch_id && b.op == op)
+    }
+
+    /// After an error, POSTs the alert JSON when the retry count reached the limit (spec §9.4). Runs in
+    /// the background; a failing webhook is only logged and never holds up the transaction.
+    fn alert(&self, interval: i64, base: i64) {
+        let Some(hook) = self.inner.opts.alert_webhook.clone() else { return };
+        let retry_count = (interval / base.max(1)).max(1).ilog2() as i64;
+        if retry_count < self.inner.opts.alert_retry_limit {
+            return;
+        }
+        let (branch, error) = self.last_failed.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+        let body = serde_json::json!({
+            "gid": self.txn.gid.as_str(),
+            "status": self.txn.status.as_str(),
+            "branch": branch,
+            "error": error,
+            "retry_count": retry_count,
+        });
+        let invoker = self.inner.invoker.clone();
+        let gid = self.txn.gid.clone();
+        tokio::spawn(async move {
+            if let Err(e) = invoker.post_json(&hook, &body).await {
+                tracing::warn!(braid.gid = %gid, error = %e, "alert webhook failed");
+            }
+        });
     }
 
     /// Writes the pass's changes with one conditional update and reports the result.
@@ -242,6 +277,9 @@ impl<'a> Pass<'a> {
             .map(|(b, _)| BranchUpdate { branch_id: b.branch_id.clone(), op: b.op, status: b.status })
             .collect();
 
+        if self.retry == Retry::Backoff {
+            self.alert(interval, base);
+        }
         let model = self.txn.trans_type.as_str();
         let metrics = &self.inner.metrics;
         let result = match self.inner.writer.write(Write::Update(update)).await {

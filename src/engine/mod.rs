@@ -88,11 +88,23 @@ pub struct EngineOptions {
     pub backoff_cap: i64,
     /// Number of scan partitions.
     pub partitions: u16,
+    /// Where to POST an alert when a branch keeps failing (spec §9.4); `None`: no alerts.
+    pub alert_webhook: Option<String>,
+    /// Alert once the retry count (log2 of interval / base) reaches this.
+    pub alert_retry_limit: i64,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { retry_interval: 10, timeout_to_fail: 35, request_timeout: 3, backoff_cap: 3600, partitions: 64 }
+        Self {
+            retry_interval: 10,
+            timeout_to_fail: 35,
+            request_timeout: 3,
+            backoff_cap: 3600,
+            partitions: 64,
+            alert_webhook: None,
+            alert_retry_limit: 3,
+        }
     }
 }
 

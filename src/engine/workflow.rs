@@ -4,8 +4,11 @@
 //! input as body. The client's own `submit` decides the final status.
 
 use base64::Engine as _;
+use prost::Message as _;
 
 use super::driver::Pass;
+use crate::model::Protocol;
+use crate::proto::workflow::WorkflowData;
 
 pub(crate) async fn process(pass: &mut Pass<'_>) {
     let custom: serde_json::Value = serde_json::from_str(&pass.txn.custom_data).unwrap_or_default();
@@ -15,7 +18,13 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
         .and_then(serde_json::Value::as_str)
         .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
         .unwrap_or_default();
-    let url = pass.txn.query_prepared.clone();
-    let (_, outcome) = pass.call_url(url, "00".to_owned(), name, data).await;
+    let (url, body) = if pass.txn.protocol == Protocol::Grpc {
+        // gRPC workflows are resumed through `workflow.Workflow/Execute` on the client's host.
+        let host = pass.txn.query_prepared.split('/').next().unwrap_or_default();
+        (format!("{host}/workflow.Workflow/Execute"), WorkflowData { data }.encode_to_vec())
+    } else {
+        (pass.txn.query_prepared.clone(), data)
+    };
+    let (_, outcome) = pass.call_url(url, "00".to_owned(), name, body).await;
     pass.note(&outcome);
 }

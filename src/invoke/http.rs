@@ -42,6 +42,24 @@ impl HttpInvoker {
         req
     }
 
+    /// POSTs a JSON document with a 5-second timeout.
+    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
+        let resp = self
+            .client
+            .post(url)
+            .timeout(Duration::from_secs(5))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| describe(&e, url))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("{url} answered {}", resp.status()))
+        }
+    }
+
     /// A plain HTTP branch call: POST when there is a body (or for XA), else GET; the four DTM query parameters.
     pub async fn call(&self, call: &BranchCall<'_>) -> CallOutcome {
         let method = if !call.body.is_empty() || call.trans_type == TransType::Xa { Method::POST } else { Method::GET };

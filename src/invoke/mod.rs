@@ -1,11 +1,11 @@
 //! Calling branches. The engine builds a [`BranchCall`] and gets back a [`CallOutcome`], whatever the
-//! transport: HTTP (spec §6.2) and JSON-RPC over HTTP (§6.3) live in [`http`]; gRPC is reported as
-//! unsupported until it lands.
+//! transport: HTTP (spec §6.2) and JSON-RPC over HTTP (§6.3) live in [`http`], gRPC (§6.4) in [`grpc`].
 //!
 //! Classification follows DTM exactly (§2.2), because services written for DTM answer that way:
 //! 425 or a body containing `ONGOING` first, then 409 or a body containing `FAILURE`, then any other non-200
 //! status is an error, else success.
 
+pub mod grpc;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -72,13 +72,19 @@ pub struct BranchCall<'a> {
 #[derive(Clone)]
 pub struct Invoker {
     http: http::HttpInvoker,
+    grpc: grpc::GrpcInvoker,
     metrics: Arc<Metrics>,
 }
 
 impl Invoker {
     /// A new invoker with pooled connections.
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
-        Ok(Self { http: http::HttpInvoker::new()?, metrics })
+        Ok(Self { http: http::HttpInvoker::new()?, grpc: grpc::GrpcInvoker::default(), metrics })
+    }
+
+    /// POSTs a JSON document (alert webhook); any non-2xx answer is an error.
+    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
+        self.http.post_json(url, body).await
     }
 
     /// Makes the call and classifies the answer. Never panics; transport problems are `Error`.
@@ -92,10 +98,7 @@ impl Invoker {
             Protocol::JsonRpc if call.url.contains("method") => self.http.call_json_rpc(call).await,
             Protocol::Http | Protocol::JsonRpc => self.http.call(call).await,
             Protocol::Grpc if is_http_url => self.http.call(call).await,
-            Protocol::Grpc => CallOutcome::Error(format!(
-                "gRPC branch calls are not supported by this build of braid yet (url {})",
-                call.url
-            )),
+            Protocol::Grpc => self.grpc.call(call).await,
         };
         let protocol = if is_http_url || call.protocol != Protocol::Grpc { call.protocol.as_str() } else { "grpc" };
         self.metrics

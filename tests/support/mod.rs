@@ -40,7 +40,7 @@ pub fn fresh_dsn(backend: Backend) -> String {
 
 /// A config for tests: ephemeral port on loopback, 1-second scans.
 pub fn test_config(dsn: &str) -> Config {
-    Config { http_port: 0, bind: "127.0.0.1".to_owned(), store: dsn.to_owned(), ..Config::default() }
+    Config { http_port: 0, grpc_port: 0, bind: "127.0.0.1".to_owned(), store: dsn.to_owned(), ..Config::default() }
 }
 
 /// A running in-process braid with helpers in the spirit of DTM's test suite (spec §14.1).

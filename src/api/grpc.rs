@@ -1,0 +1,188 @@
+//! The gRPC API: service `dtmgimp.Dtm` (spec §8) on `--grpc-port`. Requests become the same engine calls as
+//! over HTTP; errors map to gRPC codes in one place (`From<api::Error> for Status`): FAILURE is `Aborted`,
+//! ONGOING is `FailedPrecondition`, bad input is `InvalidArgument`.
+
+use std::collections::BTreeMap;
+
+use tonic::{Request, Response, Status};
+
+use super::dtmsvr::{add_subscriber, remove_subscriber, remove_topic, submit_reply};
+use super::{AppState, Error};
+use crate::engine::{TxnRequest, validate_custom_data};
+use crate::model::{BranchId, Gid, Protocol, TransOptions, TransType};
+use crate::proto::dtmgimp::dtm_server::{Dtm, DtmServer};
+use crate::proto::dtmgimp::{
+    DtmBranchRequest, DtmGidReply, DtmProgress, DtmProgressesReply, DtmRequest, DtmTopicRequest, DtmTransaction,
+};
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::BadRequest(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::Failure(m) => Status::aborted(m),
+            Error::Ongoing(m) => Status::failed_precondition(m),
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+impl From<crate::engine::Error> for Status {
+    fn from(e: crate::engine::Error) -> Self {
+        Error::from(e).into()
+    }
+}
+
+/// The `dtmgimp.Dtm` service.
+pub struct DtmService {
+    state: AppState,
+}
+
+/// The tonic server for `state`.
+pub fn service(state: AppState) -> DtmServer<DtmService> {
+    DtmServer::new(DtmService { state }).max_decoding_message_size(super::MAX_BODY_BYTES)
+}
+
+fn bad(m: String) -> Status {
+    Status::invalid_argument(m)
+}
+
+fn parse_gid(raw: &str) -> Result<Gid, Status> {
+    if raw.is_empty() {
+        return Err(bad("field 'Gid' is required".to_owned()));
+    }
+    Gid::parse(raw).map_err(|e| bad(format!("field 'Gid': {e}")))
+}
+
+fn parse_trans_type(raw: &str) -> Result<TransType, Status> {
+    if raw.is_empty() {
+        return Err(bad("field 'TransType' is required".to_owned()));
+    }
+    raw.parse().map_err(|e| bad(format!("field 'TransType': {e}")))
+}
+
+/// A `DtmRequest` as an engine request (protocol is always gRPC; bodies come from `BinPayloads`).
+fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
+    let gid = parse_gid(&r.gid)?;
+    let trans_type = parse_trans_type(&r.trans_type)?;
+    let steps: Vec<BTreeMap<String, String>> = if r.steps.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&r.steps).map_err(|e| bad(format!("field 'Steps' is not a JSON array of string maps: {e}")))?
+    };
+    let o = r.trans_options.unwrap_or_default();
+    for (name, v) in [
+        ("TimeoutToFail", o.timeout_to_fail),
+        ("RetryInterval", o.retry_interval),
+        ("RequestTimeout", o.request_timeout),
+        ("RetryLimit", o.retry_limit),
+    ] {
+        if v < 0 {
+            return Err(bad(format!("field 'TransOptions.{name}' must not be negative, got {v}")));
+        }
+    }
+    validate_custom_data(trans_type, &r.customed_data, steps.len()).map_err(bad)?;
+    Ok(TxnRequest {
+        gid,
+        trans_type,
+        steps,
+        payloads: r.bin_payloads,
+        query_prepared: r.query_prepared,
+        custom_data: r.customed_data,
+        protocol: Protocol::Grpc,
+        options: TransOptions {
+            wait_result: o.wait_result,
+            timeout_to_fail: o.timeout_to_fail,
+            request_timeout: o.request_timeout,
+            retry_interval: o.retry_interval,
+            branch_headers: o.branch_headers.into_iter().collect(),
+            retry_limit: o.retry_limit,
+            retry_count: 0,
+            concurrent: false,
+        },
+        rollback_reason: r.rollback_reason,
+        req_extra: r.req_extra.into_iter().collect(),
+    })
+}
+
+#[tonic::async_trait]
+impl Dtm for DtmService {
+    async fn new_gid(&self, _: Request<()>) -> Result<Response<DtmGidReply>, Status> {
+        Ok(Response::new(DtmGidReply { gid: self.state.engine.new_gid().to_string() }))
+    }
+
+    async fn submit(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
+        let req = to_request(req.into_inner())?;
+        submit_reply(self.state.engine.submit(req).await?)?;
+        Ok(Response::new(()))
+    }
+
+    async fn prepare(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
+        self.state.engine.prepare(to_request(req.into_inner())?).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn abort(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        let gid = parse_gid(&r.gid)?;
+        let trans_type = parse_trans_type(&r.trans_type)?;
+        submit_reply(self.state.engine.abort(&gid, trans_type, r.rollback_reason).await?)?;
+        Ok(Response::new(()))
+    }
+
+    async fn register_branch(&self, req: Request<DtmBranchRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        let gid = parse_gid(&r.gid)?;
+        let trans_type = parse_trans_type(&r.trans_type)?;
+        if r.branch_id.is_empty() {
+            return Err(bad("field 'BranchID' is required".to_owned()));
+        }
+        let fields: BTreeMap<String, String> = r.data.into_iter().collect();
+        self.state
+            .engine
+            .register_branch(&gid, trans_type, BranchId::new(r.branch_id), r.busi_payload, &fields)
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn prepare_workflow(&self, req: Request<DtmRequest>) -> Result<Response<DtmProgressesReply>, Status> {
+        let mut r = to_request(req.into_inner())?;
+        r.trans_type = TransType::Workflow;
+        let (txn, branches) = self.state.engine.prepare_workflow(r).await?;
+        Ok(Response::new(DtmProgressesReply {
+            transaction: Some(DtmTransaction {
+                gid: txn.gid.to_string(),
+                status: txn.status.to_string(),
+                rollback_reason: txn.rollback_reason,
+                result: txn.result,
+            }),
+            progresses: branches
+                .into_iter()
+                .map(|b| DtmProgress {
+                    status: b.status.to_string(),
+                    bin_data: b.bin_data,
+                    branch_id: b.branch_id.to_string(),
+                    op: b.op.to_string(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn subscribe(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        add_subscriber(&self.state, &r.topic, &r.url, &r.remark).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn unsubscribe(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        remove_subscriber(&self.state, &r.topic, &r.url).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn delete_topic(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        remove_topic(&self.state, &req.into_inner().topic).await?;
+        Ok(Response::new(()))
+    }
+}
