@@ -2,11 +2,18 @@
 //! fresh machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/dtmgimp.proto", "proto/workflow.proto", "proto/busi.proto"];
+    let protos = [
+        "proto/dtmgimp.proto",
+        "proto/workflow.proto",
+        "proto/busi.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     Ok(())
 }

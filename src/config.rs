@@ -186,10 +186,16 @@ struct DtmEnv {
     alert_retry_limit: Option<i64>,
 }
 
-fn env_parse<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>, ConfigError> {
+fn env_parse<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<T>, ConfigError> {
     match get(name).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| ConfigError(format!("environment variable {name}='{v}' is not valid"))),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError(format!("environment variable {name}='{v}' is not valid"))),
     }
 }
 
@@ -202,8 +208,14 @@ impl DtmEnv {
                 let port = get("STORE_PORT").unwrap_or_else(|| "3306".to_owned());
                 let user = get("STORE_USER").unwrap_or_else(|| "root".to_owned());
                 let password = get("STORE_PASSWORD").unwrap_or_default();
-                let db = get("STORE_DB").filter(|d| !d.is_empty()).unwrap_or_else(|| "dtm".to_owned());
-                let auth = if password.is_empty() { user } else { format!("{user}:{password}") };
+                let db = get("STORE_DB")
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "dtm".to_owned());
+                let auth = if password.is_empty() {
+                    user
+                } else {
+                    format!("{user}:{password}")
+                };
                 Some(format!("mysql://{auth}@{host}:{port}/{db}"))
             }
             Some(other) => {
@@ -234,11 +246,15 @@ impl Config {
     }
 
     /// [`Config::load`] with an explicit environment (for tests).
-    pub fn load_with(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load_with(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("reading config file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("reading config file {}: {e}", path.display()))
+                })?;
                 serde_saphyr::from_str::<FileConfig>(&text)
                     .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
             }
@@ -247,11 +263,28 @@ impl Config {
         let dtm = DtmEnv::read(env)?;
         let d = Config::default();
         let cfg = Config {
-            http_port: args.http_port.or(dtm.http_port).or(file.http_port).unwrap_or(d.http_port),
-            grpc_port: args.grpc_port.or(dtm.grpc_port).or(file.grpc_port).unwrap_or(d.grpc_port),
+            http_port: args
+                .http_port
+                .or(dtm.http_port)
+                .or(file.http_port)
+                .unwrap_or(d.http_port),
+            grpc_port: args
+                .grpc_port
+                .or(dtm.grpc_port)
+                .or(file.grpc_port)
+                .unwrap_or(d.grpc_port),
             bind: args.bind.clone().or(file.bind).unwrap_or(d.bind),
-            store: args.store.clone().or(dtm.store).or(file.store).unwrap_or(d.store),
-            retry_interval: args.retry_interval.or(dtm.retry_interval).or(file.retry_interval).unwrap_or(d.retry_interval),
+            store: args
+                .store
+                .clone()
+                .or(dtm.store)
+                .or(file.store)
+                .unwrap_or(d.store),
+            retry_interval: args
+                .retry_interval
+                .or(dtm.retry_interval)
+                .or(file.retry_interval)
+                .unwrap_or(d.retry_interval),
             timeout_to_fail: args
                 .timeout_to_fail
                 .or(dtm.timeout_to_fail)
@@ -262,17 +295,33 @@ impl Config {
                 .or(dtm.request_timeout)
                 .or(file.request_timeout)
                 .unwrap_or(d.request_timeout),
-            scan_interval: args.scan_interval.or(dtm.scan_interval).or(file.scan_interval).unwrap_or(d.scan_interval),
-            backoff_cap: args.backoff_cap.or(file.backoff_cap).unwrap_or(d.backoff_cap),
+            scan_interval: args
+                .scan_interval
+                .or(dtm.scan_interval)
+                .or(file.scan_interval)
+                .unwrap_or(d.scan_interval),
+            backoff_cap: args
+                .backoff_cap
+                .or(file.backoff_cap)
+                .unwrap_or(d.backoff_cap),
             retention: args.retention.or(file.retention).unwrap_or(d.retention),
             node_id: args.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
-            alert_webhook: args.alert_webhook.clone().or(dtm.alert_webhook).or(file.alert_webhook),
+            alert_webhook: args
+                .alert_webhook
+                .clone()
+                .or(dtm.alert_webhook)
+                .or(file.alert_webhook),
             alert_retry_limit: args
                 .alert_retry_limit
                 .or(dtm.alert_retry_limit)
                 .or(file.alert_retry_limit)
                 .unwrap_or(d.alert_retry_limit),
-            log_level: args.log_level.clone().or(dtm.log_level).or(file.log_level).unwrap_or(d.log_level),
+            log_level: args
+                .log_level
+                .clone()
+                .or(dtm.log_level)
+                .or(file.log_level)
+                .unwrap_or(d.log_level),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
         };
         cfg.validate()?;
@@ -289,11 +338,15 @@ impl Config {
         ];
         for (name, v) in positive {
             if v < 1 {
-                return Err(ConfigError(format!("{name} must be at least 1 second, got {v}")));
+                return Err(ConfigError(format!(
+                    "{name} must be at least 1 second, got {v}"
+                )));
             }
         }
         if self.scan_interval < 1 {
-            return Err(ConfigError("scan-interval must be at least 1 second".to_owned()));
+            return Err(ConfigError(
+                "scan-interval must be at least 1 second".to_owned(),
+            ));
         }
         if self.backoff_cap < self.retry_interval {
             return Err(ConfigError(format!(
@@ -302,7 +355,9 @@ impl Config {
             )));
         }
         if self.retention < 0 {
-            return Err(ConfigError("retention must be 0 (keep forever) or a number of seconds".to_owned()));
+            return Err(ConfigError(
+                "retention must be 0 (keep forever) or a number of seconds".to_owned(),
+            ));
         }
         if self.store.trim().is_empty() {
             return Err(ConfigError("store must not be empty".to_owned()));
@@ -342,7 +397,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -351,7 +409,10 @@ mod tests {
         let cfg = Config::load_with(&ServeArgs::default(), &env(&[])).unwrap();
         assert_eq!((cfg.http_port, cfg.grpc_port), (36789, 36790));
         assert_eq!(cfg.store, DEFAULT_STORE);
-        assert_eq!((cfg.retry_interval, cfg.timeout_to_fail, cfg.request_timeout), (10, 35, 3));
+        assert_eq!(
+            (cfg.retry_interval, cfg.timeout_to_fail, cfg.request_timeout),
+            (10, 35, 3)
+        );
         assert_eq!((cfg.scan_interval, cfg.backoff_cap), (1, 3600));
     }
 
@@ -360,9 +421,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("braid-cfg-{}", crate::model::short_uuid()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("braid.yaml");
-        std::fs::write(&file, "http-port: 1111\ngrpc-port: 2222\nretry-interval: 7\nbackoff-cap: 60\n").unwrap();
-        let args = ServeArgs { config: Some(file), http_port: Some(3333), ..Default::default() };
-        let cfg = Config::load_with(&args, &env(&[("GRPC_PORT", "4444"), ("STORE_DRIVER", "mysql"), ("STORE_HOST", "db"), ("STORE_PASSWORD", "pw")])).unwrap();
+        std::fs::write(
+            &file,
+            "http-port: 1111\ngrpc-port: 2222\nretry-interval: 7\nbackoff-cap: 60\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            http_port: Some(3333),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(
+            &args,
+            &env(&[
+                ("GRPC_PORT", "4444"),
+                ("STORE_DRIVER", "mysql"),
+                ("STORE_HOST", "db"),
+                ("STORE_PASSWORD", "pw"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(cfg.http_port, 3333, "flag wins");
         assert_eq!(cfg.grpc_port, 4444, "DTM env beats file");
         assert_eq!(cfg.retry_interval, 7, "file beats default");
@@ -372,15 +450,30 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let args = ServeArgs { retry_interval: Some(0), ..Default::default() };
+        let args = ServeArgs {
+            retry_interval: Some(0),
+            ..Default::default()
+        };
         let err = Config::load_with(&args, &env(&[])).unwrap_err().to_string();
         assert!(err.contains("retry-interval"), "{err}");
-        let err = Config::load_with(&ServeArgs::default(), &env(&[("HTTP_PORT", "abc")])).unwrap_err().to_string();
+        let err = Config::load_with(&ServeArgs::default(), &env(&[("HTTP_PORT", "abc")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("HTTP_PORT"), "{err}");
-        let err = Config::load_with(&ServeArgs::default(), &env(&[("STORE_DRIVER", "redis")])).unwrap_err().to_string();
+        let err = Config::load_with(&ServeArgs::default(), &env(&[("STORE_DRIVER", "redis")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("redis"), "{err}");
-        let args = ServeArgs { retry_interval: Some(1), timeout_to_fail: Some(1), request_timeout: Some(1), ..Default::default() };
-        assert!(Config::load_with(&args, &env(&[])).is_ok(), "1-second values are allowed");
+        let args = ServeArgs {
+            retry_interval: Some(1),
+            timeout_to_fail: Some(1),
+            request_timeout: Some(1),
+            ..Default::default()
+        };
+        assert!(
+            Config::load_with(&args, &env(&[])).is_ok(),
+            "1-second values are allowed"
+        );
     }
 
     #[test]
@@ -389,7 +482,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("braid.yaml");
         std::fs::write(&file, "http_port: 1\n").unwrap();
-        let err = Config::load_with(&ServeArgs { config: Some(file), ..Default::default() }, &env(&[])).unwrap_err();
+        let err = Config::load_with(
+            &ServeArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("http_port"), "{err}");
     }
 }

@@ -26,7 +26,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("braid: cannot start the async runtime: {e}");
@@ -58,7 +61,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         _ => {
-            let server = Server::start(&config, StartOptions::default()).await.context("starting the server")?;
+            let server = Server::start(&config, StartOptions::default())
+                .await
+                .context("starting the server")?;
             let cancel = server.cancel_token();
             tokio::spawn(async move {
                 shutdown_signal().await;

@@ -2,8 +2,8 @@
 //! braid's own are `braid_<area>_<thing>_<unit>`. Labels have bounded cardinality: never a gid or a URL.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metrics of one server, in an owned registry (tests get an isolated one each).
@@ -52,13 +52,16 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
-        let latency = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
 
         let info = must(IntGaugeVec::new(
             Opts::new("dtm_server_info", "Server information (value is always 1)"),
             &["gin_version", "grpc_version", "braid_version"],
         ));
-        info.with_label_values(&["braid-axum", "braid-tonic", env!("CARGO_PKG_VERSION")]).set(1);
+        info.with_label_values(&["braid-axum", "braid-tonic", env!("CARGO_PKG_VERSION")])
+            .set(1);
         reg(Box::new(info));
 
         let m = Self {
@@ -67,15 +70,24 @@ impl Metrics {
                 &["type", "api", "status"],
             )),
             server_response_duration: must(HistogramVec::new(
-                HistogramOpts::new("dtm_server_response_duration", "API response time in seconds"),
+                HistogramOpts::new(
+                    "dtm_server_response_duration",
+                    "API response time in seconds",
+                ),
                 &["type", "api"],
             )),
             transaction_process: must(IntCounterVec::new(
-                Opts::new("dtm_transaction_process_total", "Transaction processing passes"),
+                Opts::new(
+                    "dtm_transaction_process_total",
+                    "Transaction processing passes",
+                ),
                 &["model", "status"],
             )),
             transaction_handled_duration: must(HistogramVec::new(
-                HistogramOpts::new("dtm_transaction_handled_duration", "Seconds from creation to each processing pass"),
+                HistogramOpts::new(
+                    "dtm_transaction_handled_duration",
+                    "Seconds from creation to each processing pass",
+                ),
                 &["model"],
             )),
             branch_process: must(IntCounterVec::new(
@@ -83,28 +95,45 @@ impl Metrics {
                 &["model", "branchid", "branchtype", "status"],
             )),
             branch_call_duration: must(HistogramVec::new(
-                HistogramOpts::new("braid_branch_call_duration_seconds", "Branch call time").buckets(latency.clone()),
+                HistogramOpts::new("braid_branch_call_duration_seconds", "Branch call time")
+                    .buckets(latency.clone()),
                 &["protocol", "outcome"],
             )),
             transactions_finished: must(IntCounterVec::new(
-                Opts::new("braid_transactions_finished_total", "Transactions that reached a final status"),
+                Opts::new(
+                    "braid_transactions_finished_total",
+                    "Transactions that reached a final status",
+                ),
                 &["trans_type", "status"],
             )),
-            store_commits: must(IntCounter::new("braid_store_commits_total", "Database transactions committed by the writer")),
+            store_commits: must(IntCounter::new(
+                "braid_store_commits_total",
+                "Database transactions committed by the writer",
+            )),
             store_commit_errors: must(IntCounterVec::new(
                 Opts::new("braid_store_commit_errors_total", "Failed writer commits"),
                 &["error"],
             )),
             store_batch_size: must(Histogram::with_opts(
-                HistogramOpts::new("braid_store_batch_size", "Writes per committed batch")
-                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+                HistogramOpts::new("braid_store_batch_size", "Writes per committed batch").buckets(
+                    vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                ),
             )),
             store_commit_duration: must(Histogram::with_opts(
-                HistogramOpts::new("braid_store_commit_duration_seconds", "Time to apply and commit one batch")
-                    .buckets(latency),
+                HistogramOpts::new(
+                    "braid_store_commit_duration_seconds",
+                    "Time to apply and commit one batch",
+                )
+                .buckets(latency),
             )),
-            store_queue_depth: must(IntGauge::new("braid_store_queue_depth", "Writes waiting for the writer")),
-            scanner_claimed: must(IntCounter::new("braid_scanner_claimed_total", "Transactions claimed by the recovery scanner")),
+            store_queue_depth: must(IntGauge::new(
+                "braid_store_queue_depth",
+                "Writes waiting for the writer",
+            )),
+            scanner_claimed: must(IntCounter::new(
+                "braid_scanner_claimed_total",
+                "Transactions claimed by the recovery scanner",
+            )),
             scanner_errors: must(IntCounterVec::new(
                 Opts::new("braid_scanner_errors_total", "Recovery scan failures"),
                 &["error"],
@@ -156,10 +185,16 @@ mod tests {
     #[test]
     fn registers_every_metric_once_and_renders_dtm_names() {
         let m = Metrics::new();
-        m.server_process.with_label_values(&["http", "submit", "ok"]).inc();
+        m.server_process
+            .with_label_values(&["http", "submit", "ok"])
+            .inc();
         m.store_batch_size.observe(3.0);
         let text = m.render();
-        for name in ["dtm_server_info", "dtm_server_process_total", "braid_store_batch_size_bucket"] {
+        for name in [
+            "dtm_server_info",
+            "dtm_server_process_total",
+            "braid_store_batch_size_bucket",
+        ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
     }

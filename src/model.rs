@@ -20,7 +20,10 @@ impl Gid {
 
     /// Builds a gid the way DTM does: `\n`, `\r` and `;` are stripped. Fails on empty or overlong input.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let cleaned: String = raw.chars().filter(|c| !matches!(c, '\n' | '\r' | ';')).collect();
+        let cleaned: String = raw
+            .chars()
+            .filter(|c| !matches!(c, '\n' | '\r' | ';'))
+            .collect();
         if cleaned.is_empty() {
             return Err("gid must not be empty".to_owned());
         }
@@ -419,7 +422,14 @@ pub struct Branch {
 
 impl Branch {
     /// A new `prepared` branch created at `now`.
-    pub fn new(gid: &Gid, branch_id: BranchId, op: Op, url: String, bin_data: Vec<u8>, now: Millis) -> Self {
+    pub fn new(
+        gid: &Gid,
+        branch_id: BranchId,
+        op: Op,
+        url: String,
+        bin_data: Vec<u8>,
+        now: Millis,
+    ) -> Self {
         Self {
             id: 0,
             gid: gid.clone(),
@@ -486,7 +496,10 @@ mod tests {
     fn short_uuid_is_22_base57_chars() {
         let id = short_uuid();
         assert_eq!(id.len(), 22);
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() && !"01IOl".contains(c)));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() && !"01IOl".contains(c))
+        );
         assert_ne!(id, short_uuid());
     }
 
@@ -506,7 +519,8 @@ mod tests {
     fn options_json_omits_defaults_but_keeps_concurrent() {
         let json = serde_json::to_string(&TransOptions::default()).unwrap();
         assert_eq!(json, r#"{"concurrent":false}"#);
-        let parsed: TransOptions = serde_json::from_str(r#"{"retry_limit":3,"unknown":1}"#).unwrap();
+        let parsed: TransOptions =
+            serde_json::from_str(r#"{"retry_limit":3,"unknown":1}"#).unwrap();
         assert_eq!(parsed.retry_limit, 3);
     }
 

@@ -1,5 +1,11 @@
 //! Code generated from `proto/` at build time (see `build.rs`).
-#![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 /// DTM's gRPC API: service `dtmgimp.Dtm`.
 pub mod dtmgimp {

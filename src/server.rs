@@ -34,7 +34,10 @@ pub struct StartOptions {
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self { scanner: true, grace: Duration::from_secs(10) }
+        Self {
+            scanner: true,
+            grace: Duration::from_secs(10),
+        }
     }
 }
 
@@ -83,23 +86,47 @@ impl Server {
         let cancel = CancellationToken::new();
         let store = open_store(&config.store, &cancel).await?;
         let metrics = Arc::new(Metrics::new());
-        let clock = StoreClock::from_store(&store).await.context("reading the store clock")?;
+        let clock = StoreClock::from_store(&store)
+            .await
+            .context("reading the store clock")?;
         let writer_cancel = CancellationToken::new();
-        let (writer, writer_handle) = Writer::new(store.clone(), WriterOptions::default(), metrics.clone());
+        let (writer, writer_handle) =
+            Writer::new(store.clone(), WriterOptions::default(), metrics.clone());
         let writer = tokio::spawn(writer.run(writer_cancel.clone()));
         let invoker = Invoker::new(metrics.clone()).map_err(anyhow::Error::msg)?;
-        let engine = Engine::new(store.clone(), writer_handle, invoker, clock, config.engine_options(), metrics.clone());
+        let engine = Engine::new(
+            store.clone(),
+            writer_handle,
+            invoker,
+            clock,
+            config.engine_options(),
+            metrics.clone(),
+        );
         let scanner = Scanner::new(engine.clone(), config.scanner_options());
 
         let addr: SocketAddr = format!("{}:{}", config.bind, config.http_port)
             .parse()
-            .with_context(|| format!("invalid listen address {}:{}", config.bind, config.http_port))?;
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP port {addr}"))?;
-        let http_addr = listener.local_addr().context("reading the HTTP listen address")?;
-        let app = api::router(AppState { engine: engine.clone(), metrics: metrics.clone() });
+            .with_context(|| {
+                format!(
+                    "invalid listen address {}:{}",
+                    config.bind, config.http_port
+                )
+            })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding HTTP port {addr}"))?;
+        let http_addr = listener
+            .local_addr()
+            .context("reading the HTTP listen address")?;
+        let app = api::router(AppState {
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+        });
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(http_cancel.clone().cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(http_cancel.clone().cancelled_owned())
+                .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
                 http_cancel.cancel();
@@ -107,11 +134,22 @@ impl Server {
         });
         let grpc_addr: SocketAddr = format!("{}:{}", config.bind, config.grpc_port)
             .parse()
-            .with_context(|| format!("invalid listen address {}:{}", config.bind, config.grpc_port))?;
-        let grpc_listener =
-            tokio::net::TcpListener::bind(grpc_addr).await.with_context(|| format!("binding gRPC port {grpc_addr}"))?;
-        let grpc_addr = grpc_listener.local_addr().context("reading the gRPC listen address")?;
-        let grpc_service = api::grpc::service(AppState { engine: engine.clone(), metrics: metrics.clone() });
+            .with_context(|| {
+                format!(
+                    "invalid listen address {}:{}",
+                    config.bind, config.grpc_port
+                )
+            })?;
+        let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC port {grpc_addr}"))?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .context("reading the gRPC listen address")?;
+        let grpc_service = api::grpc::service(AppState {
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+        });
         let grpc_cancel = cancel.clone();
         let grpc = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -126,7 +164,9 @@ impl Server {
                 grpc_cancel.cancel();
             }
         });
-        let scan = opts.scanner.then(|| tokio::spawn(scanner.clone().run(cancel.clone())));
+        let scan = opts
+            .scanner
+            .then(|| tokio::spawn(scanner.clone().run(cancel.clone())));
         tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %redact_dsn(&config.store), kind = store.kind(), "braid started");
         Ok(Self {
             http_addr,

@@ -10,13 +10,21 @@ use crate::config::LogFormat;
 pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
-        _ => EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("invalid log level '{level}': {e}"))?,
+        _ => EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("invalid log level '{level}': {e}"))?,
     };
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()?,
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()?,
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
     }
     Ok(())

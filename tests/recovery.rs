@@ -2,6 +2,8 @@
 //! SIGKILL while transactions are in flight (and while submits are still arriving), restarted, and every
 //! transaction it acknowledged must reach its final state. SIGTERM must drain gracefully.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::{Child, Command, Stdio};
@@ -23,8 +25,25 @@ fn free_port() -> u16 {
 impl Braid {
     async fn spawn(dsn: &str, port: u16) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_braid"))
-            .args(["serve", "--bind", "127.0.0.1", "--http-port", &port.to_string(), "--store", dsn])
-            .args(["--retry-interval", "2", "--request-timeout", "5", "--scan-interval", "1", "--log-level", "warn"])
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--http-port",
+                &port.to_string(),
+                "--store",
+                dsn,
+            ])
+            .args([
+                "--retry-interval",
+                "2",
+                "--request-timeout",
+                "5",
+                "--scan-interval",
+                "1",
+                "--log-level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -41,10 +60,13 @@ impl Braid {
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(r) = client.get(format!("http://127.0.0.1:{}/api/ping", self.port)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{}/api/ping", self.port))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -52,7 +74,11 @@ impl Braid {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill runs").success();
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
         assert!(ok, "kill {sig} failed");
     }
 
@@ -62,7 +88,10 @@ impl Braid {
             if let Some(status) = self.child.try_wait().expect("wait on braid") {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "braid did not exit within {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "braid did not exit within {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -80,7 +109,10 @@ async fn status_of(client: &reqwest::Client, base: &str, gid: &str) -> String {
         return "<unreachable>".to_owned();
     };
     let body: Value = resp.json_or_null().await;
-    body["transaction"]["status"].as_str().unwrap_or("<none>").to_owned()
+    body["transaction"]["status"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_owned()
 }
 
 trait JsonOrNull {
@@ -109,7 +141,10 @@ async fn wait_all(base: &str, gids: &[String], want: &str, limit: Duration) {
         if pending.is_empty() {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not {want} after {limit:?}: {pending:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not {want} after {limit:?}: {pending:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -127,7 +162,12 @@ async fn sigkill_mid_flight_loses_no_accepted_transaction() {
     let mut accepted = Vec::new();
     for i in 0..10 {
         let g = gid(&format!("crash-{i}"));
-        let resp = client.post(format!("{}/submit", braid.url())).body(saga_body(&g, &busi.url(), "", "").to_string()).send().await.expect("submit sent");
+        let resp = client
+            .post(format!("{}/submit", braid.url()))
+            .body(saga_body(&g, &busi.url(), "", "").to_string())
+            .send()
+            .await
+            .expect("submit sent");
         assert_eq!(resp.status().as_u16(), 200);
         accepted.push(g);
     }
@@ -158,7 +198,10 @@ async fn sigkill_mid_flight_loses_no_accepted_transaction() {
     while let Some(acked) = submitters.join_next().await {
         accepted.extend(acked.expect("submitter task"));
     }
-    assert!(accepted.len() > 10, "some burst submits were acknowledged before the kill");
+    assert!(
+        accepted.len() > 10,
+        "some burst submits were acknowledged before the kill"
+    );
 
     // Phase 3: restart on the same store; the scanner must finish everything acknowledged.
     busi.delay("TransIn", Duration::ZERO);
@@ -166,8 +209,14 @@ async fn sigkill_mid_flight_loses_no_accepted_transaction() {
     wait_all(&braid.url(), &accepted, "succeed", Duration::from_secs(60)).await;
     for g in &accepted[..10] {
         let routes = busi.routes_of(g);
-        assert!(routes.contains(&"TransOut".to_owned()) && routes.contains(&"TransIn".to_owned()), "{g}: {routes:?}");
-        assert!(!routes.iter().any(|r| r.ends_with("Revert")), "{g} was compensated: {routes:?}");
+        assert!(
+            routes.contains(&"TransOut".to_owned()) && routes.contains(&"TransIn".to_owned()),
+            "{g}: {routes:?}"
+        );
+        assert!(
+            !routes.iter().any(|r| r.ends_with("Revert")),
+            "{g} was compensated: {routes:?}"
+        );
     }
     drop(braid);
     drop_database(&dsn).await;
@@ -181,7 +230,12 @@ async fn sigterm_drains_running_passes_then_exits_cleanly() {
     busi.delay("TransIn", Duration::from_millis(800));
     let g = gid("drain");
     let client = reqwest::Client::new();
-    let resp = client.post(format!("{}/submit", braid.url())).body(saga_body(&g, &busi.url(), "", "").to_string()).send().await.expect("submit sent");
+    let resp = client
+        .post(format!("{}/submit", braid.url()))
+        .body(saga_body(&g, &busi.url(), "", "").to_string())
+        .send()
+        .await
+        .expect("submit sent");
     assert_eq!(resp.status().as_u16(), 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     braid.signal("-TERM");

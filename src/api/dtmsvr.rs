@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::body::{TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num};
 use super::{AppState, Error, Result, render};
 use crate::engine::{PassError, PassResult, SubmitOutcome};
-use crate::model::{GlobalStatus, Gid, Millis, Subscriber, TOPICS_CAT, TransType};
+use crate::model::{Gid, GlobalStatus, Millis, Subscriber, TOPICS_CAT, TransType};
 use crate::store::ScanFilter;
 
 /// `{"dtm_result":"SUCCESS"}`.
@@ -80,7 +80,10 @@ fn pass_reply(result: PassResult) -> Result<()> {
         _ => match result.error {
             Some(PassError::Ongoing) => Err(Error::Ongoing("ONGOING".to_owned())),
             Some(PassError::Failure(m) | PassError::Error(m)) => Err(Error::Internal(m)),
-            None => Err(Error::Failure(format!("wait result not return success: status is '{}'", result.status))),
+            None => Err(Error::Failure(format!(
+                "wait result not return success: status is '{}'",
+                result.status
+            ))),
         },
     }
 }
@@ -117,7 +120,9 @@ async fn force_stop(State(s): State<AppState>, body: Bytes) -> Result<Json<Value
 
 async fn register_branch(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
     let b = parse_register(&body)?;
-    s.engine.register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields).await?;
+    s.engine
+        .register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields)
+        .await?;
     Ok(success())
 }
 
@@ -126,40 +131,70 @@ async fn prepare_workflow(State(s): State<AppState>, body: Bytes) -> Result<Json
     req.trans_type = TransType::Workflow;
     let (txn, branches) = s.engine.prepare_workflow(req).await?;
     let progresses: Vec<Value> = branches.iter().map(render::branch).collect();
-    Ok(Json(json!({"transaction": render::txn(&txn), "progresses": progresses})))
+    Ok(Json(
+        json!({"transaction": render::txn(&txn), "progresses": progresses}),
+    ))
 }
 
-async fn query(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn query(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let raw = q.get("gid").map(String::as_str).unwrap_or_default();
     if raw.is_empty() {
-        return Err(Error::BadRequest("query parameter 'gid' is required (no gid specified)".to_owned()));
+        return Err(Error::BadRequest(
+            "query parameter 'gid' is required (no gid specified)".to_owned(),
+        ));
     }
     let gid = parse_gid(raw)?;
     let store = s.engine.store();
     let Some(txn) = store.find_txn(&gid).await? else {
         return Ok(Json(json!({"transaction": null, "branches": []})));
     };
-    let branches: Vec<Value> = store.find_branches(&gid).await?.iter().map(render::branch).collect();
-    Ok(Json(json!({"transaction": render::txn(&txn), "branches": branches})))
+    let branches: Vec<Value> = store
+        .find_branches(&gid)
+        .await?
+        .iter()
+        .map(render::branch)
+        .collect();
+    Ok(Json(
+        json!({"transaction": render::txn(&txn), "branches": branches}),
+    ))
 }
 
-async fn all(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn all(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let store = s.engine.store();
     if let Some(raw) = q.get("gid").filter(|g| !g.is_empty()) {
         let gid = parse_gid(raw)?;
-        let found: Vec<Value> = store.find_txn(&gid).await?.iter().map(render::txn).collect();
+        let found: Vec<Value> = store
+            .find_txn(&gid)
+            .await?
+            .iter()
+            .map(render::txn)
+            .collect();
         return Ok(Json(json!({"transactions": found, "next_position": ""})));
     }
     let limit: u32 = query_num(&q, "limit", 100)?;
     if limit == 0 || limit > 1000 {
-        return Err(Error::BadRequest(format!("query parameter 'limit' must be between 1 and 1000, got {limit}")));
+        return Err(Error::BadRequest(format!(
+            "query parameter 'limit' must be between 1 and 1000, got {limit}"
+        )));
     }
     let status = match q.get("status").filter(|v| !v.is_empty()) {
-        Some(v) => Some(v.parse::<GlobalStatus>().map_err(|e| Error::BadRequest(format!("query parameter 'status': {e}")))?),
+        Some(v) => Some(
+            v.parse::<GlobalStatus>()
+                .map_err(|e| Error::BadRequest(format!("query parameter 'status': {e}")))?,
+        ),
         None => None,
     };
     let trans_type = match q.get("transType").filter(|v| !v.is_empty()) {
-        Some(v) => Some(v.parse::<TransType>().map_err(|e| Error::BadRequest(format!("query parameter 'transType': {e}")))?),
+        Some(v) => Some(
+            v.parse::<TransType>()
+                .map_err(|e| Error::BadRequest(format!("query parameter 'transType': {e}")))?,
+        ),
         None => None,
     };
     let position: i64 = query_num(&q, "position", 0)?;
@@ -174,26 +209,46 @@ async fn all(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>
         create_time_end: (end > 0).then_some(Millis(end)),
     };
     let txns = store.scan_txns(&filter).await?;
-    let next = if txns.len() == limit as usize { txns.last().map(|t| t.id.to_string()).unwrap_or_default() } else { String::new() };
+    let next = if txns.len() == limit as usize {
+        txns.last().map(|t| t.id.to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
     let list: Vec<Value> = txns.iter().map(render::txn).collect();
     Ok(Json(json!({"transactions": list, "next_position": next})))
 }
 
-async fn reset_cron_time(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn reset_cron_time(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let default_timeout = 3 * s.engine.options().timeout_to_fail;
     let timeout: i64 = query_num(&q, "timeout", default_timeout)?;
     let limit: u32 = query_num(&q, "limit", 100)?;
     if limit == 0 {
-        return Err(Error::BadRequest("query parameter 'limit' must be positive".to_owned()));
+        return Err(Error::BadRequest(
+            "query parameter 'limit' must be positive".to_owned(),
+        ));
     }
     let now = s.engine.clock().now();
-    let count = s.engine.store().reset_cron_time(now.plus_secs(timeout), now, limit).await?;
-    Ok(Json(json!({"has_remaining": count == u64::from(limit), "succeed_count": count})))
+    let count = s
+        .engine
+        .store()
+        .reset_cron_time(now.plus_secs(timeout), now, limit)
+        .await?;
+    Ok(Json(
+        json!({"has_remaining": count == u64::from(limit), "succeed_count": count}),
+    ))
 }
 
 async fn reset_next_cron_time(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
     let gid = gid_of(&body)?;
-    if !s.engine.store().reset_next_cron_time(&gid, s.engine.clock().now()).await? {
+    if !s
+        .engine
+        .store()
+        .reset_next_cron_time(&gid, s.engine.clock().now())
+        .await?
+    {
         return Err(Error::NotFound(format!("no transaction with gid '{gid}'")));
     }
     Ok(success())
@@ -216,27 +271,36 @@ pub(crate) async fn update_topic(
     for _ in 0..10 {
         let now = s.engine.clock().now();
         let current = store.kv_find(TOPICS_CAT, topic).await?;
-        let subscribers = match &current {
-            Some(kv) => Some(
-                serde_json::from_str::<Vec<Subscriber>>(&kv.v)
-                    .map_err(|e| Error::Internal(format!("stored topic '{topic}' is corrupt: {e}")))?,
-            ),
-            None => None,
-        };
+        let subscribers =
+            match &current {
+                Some(kv) => Some(serde_json::from_str::<Vec<Subscriber>>(&kv.v).map_err(|e| {
+                    Error::Internal(format!("stored topic '{topic}' is corrupt: {e}"))
+                })?),
+                None => None,
+            };
         let next = change(subscribers)?;
         let text = serde_json::to_string(&next).map_err(|e| Error::Internal(e.to_string()))?;
         let done = match &current {
-            Some(kv) => store.kv_update(TOPICS_CAT, topic, &text, kv.version, now).await?,
+            Some(kv) => {
+                store
+                    .kv_update(TOPICS_CAT, topic, &text, kv.version, now)
+                    .await?
+            }
             None => store.kv_create(TOPICS_CAT, topic, &text, now).await?,
         };
         if done {
             return Ok(());
         }
     }
-    Err(Error::Ongoing(format!("topic '{topic}' is changing concurrently; retry")))
+    Err(Error::Ongoing(format!(
+        "topic '{topic}' is changing concurrently; retry"
+    )))
 }
 
-async fn subscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn subscribe(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let topic = required(&q, "topic")?;
     let url = required(&q, "url")?;
     let remark = q.get("remark").cloned().unwrap_or_default();
@@ -245,22 +309,35 @@ async fn subscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, St
 }
 
 /// Adds `url` to `topic` (creating the topic); a duplicate url is a FAILURE.
-pub(crate) async fn add_subscriber(s: &AppState, topic: &str, url: &str, remark: &str) -> Result<()> {
+pub(crate) async fn add_subscriber(
+    s: &AppState,
+    topic: &str,
+    url: &str,
+    remark: &str,
+) -> Result<()> {
     if topic.is_empty() || url.is_empty() {
         return Err(Error::BadRequest("topic and url are required".to_owned()));
     }
     update_topic(s, topic, |subs| {
         let mut subs = subs.unwrap_or_default();
         if subs.iter().any(|x| x.url == url) {
-            return Err(Error::Failure(format!("this url exists: '{url}' already subscribes to topic '{topic}'")));
+            return Err(Error::Failure(format!(
+                "this url exists: '{url}' already subscribes to topic '{topic}'"
+            )));
         }
-        subs.push(Subscriber { url: url.to_owned(), remark: remark.to_owned() });
+        subs.push(Subscriber {
+            url: url.to_owned(),
+            remark: remark.to_owned(),
+        });
         Ok(subs)
     })
     .await
 }
 
-async fn unsubscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn unsubscribe(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     remove_subscriber(&s, required(&q, "topic")?, required(&q, "url")?).await?;
     Ok(success())
 }
@@ -277,7 +354,9 @@ pub(crate) async fn remove_subscriber(s: &AppState, topic: &str, url: &str) -> R
         let before = subs.len();
         subs.retain(|x| x.url != url);
         if subs.len() == before {
-            return Err(Error::NotFound(format!("url '{url}' does not subscribe to topic '{topic}'")));
+            return Err(Error::NotFound(format!(
+                "url '{url}' does not subscribe to topic '{topic}'"
+            )));
         }
         Ok(subs)
     })
@@ -297,20 +376,36 @@ pub(crate) async fn remove_topic(s: &AppState, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn scan_kv(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn scan_kv(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let cat = required(&q, "cat")?;
     let position: i64 = query_num(&q, "position", 0)?;
     let limit: u32 = query_num(&q, "limit", 100)?;
     if limit == 0 || limit > 1000 {
-        return Err(Error::BadRequest(format!("query parameter 'limit' must be between 1 and 1000, got {limit}")));
+        return Err(Error::BadRequest(format!(
+            "query parameter 'limit' must be between 1 and 1000, got {limit}"
+        )));
     }
-    let rows = s.engine.store().kv_scan(cat, (position > 0).then_some(position), limit).await?;
-    let next = if rows.len() == limit as usize { rows.last().map(|r| r.id.to_string()).unwrap_or_default() } else { String::new() };
+    let rows = s
+        .engine
+        .store()
+        .kv_scan(cat, (position > 0).then_some(position), limit)
+        .await?;
+    let next = if rows.len() == limit as usize {
+        rows.last().map(|r| r.id.to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
     let kv: Vec<Value> = rows.iter().map(render::kv).collect();
     Ok(Json(json!({"kv": kv, "next_position": next})))
 }
 
-async fn query_kv(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn query_kv(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let cat = required(&q, "cat")?;
     let key = q.get("key").map(String::as_str).unwrap_or_default();
     let store = s.engine.store();

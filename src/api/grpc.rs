@@ -12,7 +12,8 @@ use crate::engine::{TxnRequest, validate_custom_data};
 use crate::model::{BranchId, Gid, Protocol, TransOptions, TransType};
 use crate::proto::dtmgimp::dtm_server::{Dtm, DtmServer};
 use crate::proto::dtmgimp::{
-    DtmBranchRequest, DtmGidReply, DtmProgress, DtmProgressesReply, DtmRequest, DtmTopicRequest, DtmTransaction,
+    DtmBranchRequest, DtmGidReply, DtmProgress, DtmProgressesReply, DtmRequest, DtmTopicRequest,
+    DtmTransaction,
 };
 
 impl From<Error> for Status {
@@ -59,7 +60,8 @@ fn parse_trans_type(raw: &str) -> Result<TransType, Status> {
     if raw.is_empty() {
         return Err(bad("field 'TransType' is required".to_owned()));
     }
-    raw.parse().map_err(|e| bad(format!("field 'TransType': {e}")))
+    raw.parse()
+        .map_err(|e| bad(format!("field 'TransType': {e}")))
 }
 
 /// A `DtmRequest` as an engine request (protocol is always gRPC; bodies come from `BinPayloads`).
@@ -69,7 +71,11 @@ fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
     let steps: Vec<BTreeMap<String, String>> = if r.steps.trim().is_empty() {
         Vec::new()
     } else {
-        serde_json::from_str(&r.steps).map_err(|e| bad(format!("field 'Steps' is not a JSON array of string maps: {e}")))?
+        serde_json::from_str(&r.steps).map_err(|e| {
+            bad(format!(
+                "field 'Steps' is not a JSON array of string maps: {e}"
+            ))
+        })?
     };
     let o = r.trans_options.unwrap_or_default();
     for (name, v) in [
@@ -79,7 +85,9 @@ fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
         ("RetryLimit", o.retry_limit),
     ] {
         if v < 0 {
-            return Err(bad(format!("field 'TransOptions.{name}' must not be negative, got {v}")));
+            return Err(bad(format!(
+                "field 'TransOptions.{name}' must not be negative, got {v}"
+            )));
         }
     }
     validate_custom_data(trans_type, &r.customed_data, steps.len()).map_err(bad)?;
@@ -109,7 +117,9 @@ fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
 #[tonic::async_trait]
 impl Dtm for DtmService {
     async fn new_gid(&self, _: Request<()>) -> Result<Response<DtmGidReply>, Status> {
-        Ok(Response::new(DtmGidReply { gid: self.state.engine.new_gid().to_string() }))
+        Ok(Response::new(DtmGidReply {
+            gid: self.state.engine.new_gid().to_string(),
+        }))
     }
 
     async fn submit(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
@@ -119,7 +129,10 @@ impl Dtm for DtmService {
     }
 
     async fn prepare(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        self.state.engine.prepare(to_request(req.into_inner())?).await?;
+        self.state
+            .engine
+            .prepare(to_request(req.into_inner())?)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -127,11 +140,19 @@ impl Dtm for DtmService {
         let r = req.into_inner();
         let gid = parse_gid(&r.gid)?;
         let trans_type = parse_trans_type(&r.trans_type)?;
-        submit_reply(self.state.engine.abort(&gid, trans_type, r.rollback_reason).await?)?;
+        submit_reply(
+            self.state
+                .engine
+                .abort(&gid, trans_type, r.rollback_reason)
+                .await?,
+        )?;
         Ok(Response::new(()))
     }
 
-    async fn register_branch(&self, req: Request<DtmBranchRequest>) -> Result<Response<()>, Status> {
+    async fn register_branch(
+        &self,
+        req: Request<DtmBranchRequest>,
+    ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         let gid = parse_gid(&r.gid)?;
         let trans_type = parse_trans_type(&r.trans_type)?;
@@ -141,12 +162,21 @@ impl Dtm for DtmService {
         let fields: BTreeMap<String, String> = r.data.into_iter().collect();
         self.state
             .engine
-            .register_branch(&gid, trans_type, BranchId::new(r.branch_id), r.busi_payload, &fields)
+            .register_branch(
+                &gid,
+                trans_type,
+                BranchId::new(r.branch_id),
+                r.busi_payload,
+                &fields,
+            )
             .await?;
         Ok(Response::new(()))
     }
 
-    async fn prepare_workflow(&self, req: Request<DtmRequest>) -> Result<Response<DtmProgressesReply>, Status> {
+    async fn prepare_workflow(
+        &self,
+        req: Request<DtmRequest>,
+    ) -> Result<Response<DtmProgressesReply>, Status> {
         let mut r = to_request(req.into_inner())?;
         r.trans_type = TransType::Workflow;
         let (txn, branches) = self.state.engine.prepare_workflow(r).await?;

@@ -12,7 +12,10 @@ use super::dtmsvr::submit_reply;
 use super::{AppState, Error};
 
 fn reply(id: &Value, result: Value, error: Option<(i64, String)>) -> Json<Value> {
-    let error = error.map_or(Value::Null, |(code, message)| json!({"code": code, "message": message}));
+    let error = error.map_or(
+        Value::Null,
+        |(code, message)| json!({"code": code, "message": message}),
+    );
     Json(json!({"jsonrpc": "2.0", "id": id, "result": result, "error": error}))
 }
 
@@ -27,7 +30,11 @@ fn code_of(e: &Error) -> i64 {
 
 pub(crate) async fn handle(State(s): State<AppState>, body: Bytes) -> Json<Value> {
     let Ok(envelope) = serde_json::from_slice::<Value>(&body) else {
-        return reply(&Value::Null, Value::Null, Some((-32700, "parse error: the body is not JSON".to_owned())));
+        return reply(
+            &Value::Null,
+            Value::Null,
+            Some((-32700, "parse error: the body is not JSON".to_owned())),
+        );
     };
     let id = envelope.get("id").cloned().unwrap_or(Value::Null);
     let id_ok = match &id {
@@ -36,41 +43,65 @@ pub(crate) async fn handle(State(s): State<AppState>, body: Bytes) -> Json<Value
         _ => false,
     };
     if envelope.get("jsonrpc").and_then(Value::as_str) != Some("2.0") || !id_ok {
-        return reply(&id, Value::Null, Some((-32600, "invalid request: need jsonrpc \"2.0\" and a non-empty id".to_owned())));
+        return reply(
+            &id,
+            Value::Null,
+            Some((
+                -32600,
+                "invalid request: need jsonrpc \"2.0\" and a non-empty id".to_owned(),
+            )),
+        );
     }
-    let method = envelope.get("method").and_then(Value::as_str).unwrap_or_default();
+    let method = envelope
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let params = envelope.get("params").cloned().unwrap_or(Value::Null);
     let params_bytes = params.to_string().into_bytes();
     let outcome: Result<Value, Error> = match method {
         "newGid" => Ok(json!({"gid": s.engine.new_gid().as_str()})),
-        "prepare" => async {
-            let req = super::body::parse_json::<TransBody>(&params_bytes)?.into_request()?;
-            s.engine.prepare(req).await?;
-            Ok(Value::Null)
+        "prepare" => {
+            async {
+                let req = super::body::parse_json::<TransBody>(&params_bytes)?.into_request()?;
+                s.engine.prepare(req).await?;
+                Ok(Value::Null)
+            }
+            .await
         }
-        .await,
-        "submit" => async {
-            let req = super::body::parse_json::<TransBody>(&params_bytes)?.into_request()?;
-            submit_reply(s.engine.submit(req).await?)?;
-            Ok(Value::Null)
+        "submit" => {
+            async {
+                let req = super::body::parse_json::<TransBody>(&params_bytes)?.into_request()?;
+                submit_reply(s.engine.submit(req).await?)?;
+                Ok(Value::Null)
+            }
+            .await
         }
-        .await,
-        "abort" => async {
-            let b: TransBody = super::body::parse_json(&params_bytes)?;
-            let gid = parse_gid(&b.gid)?;
-            let trans_type = parse_trans_type(&b.trans_type)?;
-            submit_reply(s.engine.abort(&gid, trans_type, b.rollback_reason).await?)?;
-            Ok(Value::Null)
+        "abort" => {
+            async {
+                let b: TransBody = super::body::parse_json(&params_bytes)?;
+                let gid = parse_gid(&b.gid)?;
+                let trans_type = parse_trans_type(&b.trans_type)?;
+                submit_reply(s.engine.abort(&gid, trans_type, b.rollback_reason).await?)?;
+                Ok(Value::Null)
+            }
+            .await
         }
-        .await,
-        "registerBranch" => async {
-            let b = parse_register(&params_bytes)?;
-            s.engine.register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields).await?;
-            Ok(Value::Null)
+        "registerBranch" => {
+            async {
+                let b = parse_register(&params_bytes)?;
+                s.engine
+                    .register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields)
+                    .await?;
+                Ok(Value::Null)
+            }
+            .await
         }
-        .await,
         other => {
-            return reply(&id, Value::Null, Some((-32601, format!("method not found: '{other}'"))));
+            return reply(
+                &id,
+                Value::Null,
+                Some((-32601, format!("method not found: '{other}'"))),
+            );
         }
     };
     match outcome {

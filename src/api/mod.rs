@@ -118,27 +118,57 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/dtmsvr", dtmsvr::routes())
         .route("/api/json-rpc", axum::routing::post(jsonrpc::handle))
-        .route("/api/ping", any(|| async { axum::Json(json!({"msg": "pong"})) }))
+        .route(
+            "/api/ping",
+            any(|| async { axum::Json(json!({"msg": "pong"})) }),
+        )
         .route("/api/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(CatchPanicLayer::custom(|_| Error::Internal("internal error".to_owned()).into_response()))
+        .layer(CatchPanicLayer::custom(|_| {
+            Error::Internal("internal error".to_owned()).into_response()
+        }))
         .with_state(state)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// Counts and times every request under DTM's metric names (api = last path segment of the route).
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let started = Instant::now();
     let response = next.run(req).await;
-    let api = route.as_deref().and_then(|r| r.rsplit('/').next()).unwrap_or("unmatched").to_lowercase();
-    let status = if response.status().as_u16() >= 400 { "fail" } else { "ok" };
-    state.metrics.server_process.with_label_values(&["http", &api, status]).inc();
-    state.metrics.server_response_duration.with_label_values(&["http", &api]).observe(started.elapsed().as_secs_f64());
+    let api = route
+        .as_deref()
+        .and_then(|r| r.rsplit('/').next())
+        .unwrap_or("unmatched")
+        .to_lowercase();
+    let status = if response.status().as_u16() >= 400 {
+        "fail"
+    } else {
+        "ok"
+    };
+    state
+        .metrics
+        .server_process
+        .with_label_values(&["http", &api, status])
+        .inc();
+    state
+        .metrics
+        .server_response_duration
+        .with_label_values(&["http", &api])
+        .observe(started.elapsed().as_secs_f64());
     response
 }

@@ -39,7 +39,11 @@ pub(crate) fn txn(t: &GlobalTxn) -> Value {
     put_time(&mut m, "rollback_time", t.rollback_time);
     put_str(&mut m, "result", &t.result);
     put_str(&mut m, "rollback_reason", &t.rollback_reason);
-    put_str(&mut m, "options", &serde_json::to_string(&t.options).unwrap_or_default());
+    put_str(
+        &mut m,
+        "options",
+        &serde_json::to_string(&t.options).unwrap_or_default(),
+    );
     put_str(&mut m, "custom_data", &t.custom_data);
     put_num(&mut m, "next_cron_interval", t.next_cron_interval);
     put_time(&mut m, "next_cron_time", t.next_cron_time);
@@ -69,7 +73,10 @@ pub(crate) fn branch(b: &Branch) -> Value {
     put_str(&mut m, "gid", b.gid.as_str());
     put_str(&mut m, "url", &b.url);
     if !b.bin_data.is_empty() {
-        m.insert("bin_data".into(), json!(base64::engine::general_purpose::STANDARD.encode(&b.bin_data)));
+        m.insert(
+            "bin_data".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(&b.bin_data)),
+        );
     }
     put_str(&mut m, "branch_id", b.branch_id.as_str());
     put_str(&mut m, "op", b.op.as_str());

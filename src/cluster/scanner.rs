@@ -58,7 +58,11 @@ impl Scanner {
     /// A scanner driving `engine`.
     pub fn new(engine: Engine, opts: ScannerOptions) -> Self {
         let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-        Self { engine, opts, permits }
+        Self {
+            engine,
+            opts,
+            permits,
+        }
     }
 
     /// Claims one batch of due transactions and runs their passes; waits for them when `wait` is set
@@ -80,12 +84,18 @@ impl Scanner {
             if self.engine.is_inflight(&txn.gid) {
                 continue;
             }
-            let Ok(permit) = self.permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                break;
+            };
             let engine = self.engine.clone();
             if wait {
                 passes.spawn(async move {
                     let _permit = permit;
-                    let branches = engine.store().find_branches(&txn.gid).await.unwrap_or_default();
+                    let branches = engine
+                        .store()
+                        .find_branches(&txn.gid)
+                        .await
+                        .unwrap_or_default();
                     engine.run_pass(txn, branches).await;
                 });
             } else {
@@ -132,7 +142,11 @@ impl Scanner {
     }
 
     fn engine_metrics_error(&self, e: &crate::store::Error) {
-        self.engine.metrics().scanner_errors.with_label_values(&[e.metric_label()]).inc();
+        self.engine
+            .metrics()
+            .scanner_errors
+            .with_label_values(&[e.metric_label()])
+            .inc();
     }
 
     /// Re-anchors the clock and deletes finished transactions past their retention.
@@ -141,10 +155,16 @@ impl Scanner {
             tracing::warn!(error = %e, "re-reading the store clock failed");
         }
         if self.opts.retention_secs > 0 {
-            let before = self.engine.clock().now().plus_secs(-self.opts.retention_secs);
+            let before = self
+                .engine
+                .clock()
+                .now()
+                .plus_secs(-self.opts.retention_secs);
             match self.engine.store().delete_finished(before, 1000).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "deleted finished transactions past retention"),
+                Ok(n) => {
+                    tracing::info!(deleted = n, "deleted finished transactions past retention")
+                }
                 Err(e) => tracing::warn!(error = %e, "retention cleanup failed"),
             }
         }

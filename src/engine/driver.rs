@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::{Inner, msg, saga, tcc, workflow, xa};
 use super::EngineOptions;
+use super::{Inner, msg, saga, tcc, workflow, xa};
 use crate::invoke::{BranchCall, CallOutcome};
-use crate::model::{Branch, BranchStatus, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, TransType};
+use crate::model::{
+    Branch, BranchStatus, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, TransType,
+};
 use crate::store::{BranchUpdate, Schedule, TxnUpdate, Write, WriteOutcome};
 
 /// Why a pass did not finish the transaction.
@@ -116,7 +118,8 @@ impl<'a> Pass<'a> {
 
     /// Whether the transaction's timeout has passed.
     pub(crate) fn timed_out(&self) -> bool {
-        self.txn.is_timed_out(self.now, self.inner.opts.timeout_to_fail)
+        self.txn
+            .is_timed_out(self.now, self.inner.opts.timeout_to_fail)
     }
 
     /// Changes the global status (and the rollback reason, when given).
@@ -129,11 +132,11 @@ impl<'a> Pass<'a> {
 
     /// Records a branch's new status.
     pub(crate) fn set_branch(&mut self, idx: usize, status: BranchStatus) {
-        if let Some(b) = self.branches.get_mut(idx) {
-            if b.status != status {
-                b.status = status;
-                self.changed[idx] = true;
-            }
+        if let Some(b) = self.branches.get_mut(idx)
+            && b.status != status
+        {
+            b.status = status;
+            self.changed[idx] = true;
         }
     }
 
@@ -168,22 +171,37 @@ impl<'a> Pass<'a> {
     /// A call of branch `idx` with its own op, as a `'static` future (so several can run at once).
     pub(crate) fn call(&self, idx: usize) -> CallFuture {
         let Some(b) = self.branches.get(idx) else {
-            return Box::pin(async move { (idx, CallOutcome::Error(format!("no branch at index {idx}"))) });
+            return Box::pin(async move {
+                (idx, CallOutcome::Error(format!("no branch at index {idx}")))
+            });
         };
-        let (url, body, branch_id, op) = (b.url.clone(), b.bin_data.clone(), b.branch_id.to_string(), b.op);
+        let (url, body, branch_id, op) = (
+            b.url.clone(),
+            b.bin_data.clone(),
+            b.branch_id.to_string(),
+            b.op,
+        );
         let fut = self.call_url(url, branch_id, op.as_str().to_owned(), body);
         Box::pin(async move { (idx, fut.await.1) })
     }
 
     /// A call of any URL in this transaction's context (back-checks, resume callbacks).
-    pub(crate) fn call_url(&self, url: String, branch_id: String, op: String, body: Vec<u8>) -> CallFuture {
+    pub(crate) fn call_url(
+        &self,
+        url: String,
+        branch_id: String,
+        op: String,
+        body: Vec<u8>,
+    ) -> CallFuture {
         let invoker = self.inner.invoker.clone();
         let metrics = self.inner.metrics.clone();
         let gid = self.txn.gid.to_string();
         let headers = self.txn.options.branch_headers.clone();
-        let (protocol, trans_type, timeout) = (self.txn.protocol, self.txn.trans_type, self.call_timeout());
+        let (protocol, trans_type, timeout) =
+            (self.txn.protocol, self.txn.trans_type, self.call_timeout());
         let last_failed = self.last_failed.clone();
-        let span = tracing::debug_span!("branch_call", braid.branch_id = %branch_id, braid.op = %op);
+        let span =
+            tracing::debug_span!("branch_call", braid.branch_id = %branch_id, braid.op = %op);
         Box::pin(
             async move {
                 let call = BranchCall {
@@ -199,12 +217,15 @@ impl<'a> Pass<'a> {
                 };
                 let outcome = invoker.call(&call).await;
                 let status = if outcome.is_success() { "ok" } else { "fail" };
-                if let CallOutcome::Error(e) | CallOutcome::Failure(e) = &outcome {
-                    if let Ok(mut last) = last_failed.lock() {
-                        *last = Some((url.clone(), e.clone()));
-                    }
+                if let CallOutcome::Error(e) | CallOutcome::Failure(e) = &outcome
+                    && let Ok(mut last) = last_failed.lock()
+                {
+                    *last = Some((url.clone(), e.clone()));
                 }
-                metrics.branch_process.with_label_values(&[trans_type.as_str(), &branch_id, &op, status]).inc();
+                metrics
+                    .branch_process
+                    .with_label_values(&[trans_type.as_str(), &branch_id, &op, status])
+                    .inc();
                 tracing::debug!(outcome = outcome.label(), "branch answered");
                 (usize::MAX, outcome)
             }
@@ -214,18 +235,27 @@ impl<'a> Pass<'a> {
 
     /// Index of the branch with this id and op.
     pub(crate) fn find(&self, branch_id: &str, op: Op) -> Option<usize> {
-        self.branches.iter().position(|b| b.branch_id.as_str() == branch_id && b.op == op)
+        self.branches
+            .iter()
+            .position(|b| b.branch_id.as_str() == branch_id && b.op == op)
     }
 
     /// After an error, POSTs the alert JSON when the retry count reached the limit (spec §9.4). Runs in
     /// the background; a failing webhook is only logged and never holds up the transaction.
     fn alert(&self, interval: i64, base: i64) {
-        let Some(hook) = self.inner.opts.alert_webhook.clone() else { return };
+        let Some(hook) = self.inner.opts.alert_webhook.clone() else {
+            return;
+        };
         let retry_count = (interval / base.max(1)).max(1).ilog2() as i64;
         if retry_count < self.inner.opts.alert_retry_limit {
             return;
         }
-        let (branch, error) = self.last_failed.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
+        let (branch, error) = self
+            .last_failed
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .unwrap_or_default();
         let body = serde_json::json!({
             "gid": self.txn.gid.as_str(),
             "status": self.txn.status.as_str(),
@@ -253,10 +283,10 @@ impl<'a> Pass<'a> {
             Retry::Backoff => backoff(current, base, self.inner.opts.backoff_cap),
         };
         let mut at = now.plus_secs(interval);
-        if let Some(w) = self.wake_at {
-            if self.retry == Retry::Reset || w < at {
-                at = w;
-            }
+        if let Some(w) = self.wake_at
+            && (self.retry == Retry::Reset || w < at)
+        {
+            at = w;
         }
         let mut update = TxnUpdate::of(&self.original, now);
         if self.txn.status != self.original.status {
@@ -274,7 +304,11 @@ impl<'a> Pass<'a> {
             .iter()
             .zip(&self.changed)
             .filter(|(_, changed)| **changed)
-            .map(|(b, _)| BranchUpdate { branch_id: b.branch_id.clone(), op: b.op, status: b.status })
+            .map(|(b, _)| BranchUpdate {
+                branch_id: b.branch_id.clone(),
+                op: b.op,
+                status: b.status,
+            })
             .collect();
 
         if self.retry == Retry::Backoff {
@@ -285,18 +319,31 @@ impl<'a> Pass<'a> {
         let result = match self.inner.writer.write(Write::Update(update)).await {
             Ok(WriteOutcome::Applied(_)) => {
                 if self.txn.status.is_final() {
-                    metrics.transactions_finished.with_label_values(&[model, self.txn.status.as_str()]).inc();
+                    metrics
+                        .transactions_finished
+                        .with_label_values(&[model, self.txn.status.as_str()])
+                        .inc();
                 }
-                PassResult { status: self.txn.status, rollback_reason: self.txn.rollback_reason, error: self.error }
+                PassResult {
+                    status: self.txn.status,
+                    rollback_reason: self.txn.rollback_reason,
+                    error: self.error,
+                }
             }
             Ok(WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => {
                 tracing::info!(braid.gid = %self.txn.gid, "another actor moved the transaction during this pass; its state stands");
                 match self.inner.store.find_txn(&self.txn.gid).await {
-                    Ok(Some(t)) => PassResult { status: t.status, rollback_reason: t.rollback_reason, error: None },
+                    Ok(Some(t)) => PassResult {
+                        status: t.status,
+                        rollback_reason: t.rollback_reason,
+                        error: None,
+                    },
                     Ok(None) | Err(_) => PassResult {
                         status: self.original.status,
                         rollback_reason: self.original.rollback_reason,
-                        error: Some(PassError::Error("transaction changed concurrently".to_owned())),
+                        error: Some(PassError::Error(
+                            "transaction changed concurrently".to_owned(),
+                        )),
                     },
                 }
             }
@@ -310,20 +357,32 @@ impl<'a> Pass<'a> {
             }
         };
         let ok = if result.error.is_none() { "ok" } else { "fail" };
-        metrics.transaction_process.with_label_values(&[model, ok]).inc();
+        metrics
+            .transaction_process
+            .with_label_values(&[model, ok])
+            .inc();
         result
     }
 }
 
 /// Runs one pass of `txn` and records it.
 pub(crate) async fn run(inner: &Inner, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
-    let span = tracing::info_span!("pass", braid.gid = %txn.gid, braid.trans_type = %txn.trans_type);
+    let span =
+        tracing::info_span!("pass", braid.gid = %txn.gid, braid.trans_type = %txn.trans_type);
     async move {
         let mut pass = Pass::new(inner, txn, branches);
         let age = pass.now.0.saturating_sub(pass.txn.create_time.0) as f64 / 1000.0;
-        inner.metrics.transaction_handled_duration.with_label_values(&[pass.txn.trans_type.as_str()]).observe(age);
+        inner
+            .metrics
+            .transaction_handled_duration
+            .with_label_values(&[pass.txn.trans_type.as_str()])
+            .observe(age);
         if pass.txn.status.is_final() {
-            return PassResult { status: pass.txn.status, rollback_reason: pass.txn.rollback_reason, error: None };
+            return PassResult {
+                status: pass.txn.status,
+                rollback_reason: pass.txn.rollback_reason,
+                error: None,
+            };
         }
         match pass.txn.trans_type {
             TransType::Saga => saga::process(&mut pass).await,
@@ -347,7 +406,11 @@ mod tests {
     #[test]
     fn base_interval_follows_dtm_rules() {
         let opts = EngineOptions::default();
-        let with = |retry_interval, timeout_to_fail| TransOptions { retry_interval, timeout_to_fail, ..Default::default() };
+        let with = |retry_interval, timeout_to_fail| TransOptions {
+            retry_interval,
+            timeout_to_fail,
+            ..Default::default()
+        };
         assert_eq!(base_interval(&with(0, 0), &opts), 10);
         assert_eq!(base_interval(&with(150, 0), &opts), 150);
         assert_eq!(base_interval(&with(0, 4), &opts), 4);

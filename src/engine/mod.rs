@@ -28,8 +28,8 @@ pub use driver::{PassError, PassResult};
 use crate::invoke::Invoker;
 use crate::metrics::Metrics;
 use crate::model::{
-    Branch, BranchId, BranchStatus, GlobalStatus, GlobalTxn, Gid, Millis, Op, Partition, Protocol, Subscriber,
-    TOPIC_SCHEME, TOPICS_CAT, TransOptions, TransType, Version,
+    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition, Protocol,
+    Subscriber, TOPIC_SCHEME, TOPICS_CAT, TransOptions, TransType, Version,
 };
 use crate::store::clock::StoreClock;
 use crate::store::writer::WriterHandle;
@@ -119,13 +119,19 @@ pub struct PassEvent {
 
 /// Checks `custom_data` for a transaction type: saga `orders` must name existing steps, msg `delay` must be
 /// a non-negative integer, workflow data must be JSON. The message names the problem.
-pub fn validate_custom_data(trans_type: TransType, custom_data: &str, steps: usize) -> Result<(), String> {
+pub fn validate_custom_data(
+    trans_type: TransType,
+    custom_data: &str,
+    steps: usize,
+) -> Result<(), String> {
     match trans_type {
         TransType::Saga => saga::parse_custom(custom_data, steps).map(|_| ()),
         TransType::Msg => msg::delay_secs(custom_data).map(|_| ()),
-        TransType::Workflow if !custom_data.trim().is_empty() => serde_json::from_str::<serde_json::Value>(custom_data)
-            .map(|_| ())
-            .map_err(|e| format!("custom_data is not valid JSON: {e}")),
+        TransType::Workflow if !custom_data.trim().is_empty() => {
+            serde_json::from_str::<serde_json::Value>(custom_data)
+                .map(|_| ())
+                .map_err(|e| format!("custom_data is not valid JSON: {e}"))
+        }
         TransType::Workflow | TransType::Tcc | TransType::Xa => Ok(()),
     }
 }
@@ -249,13 +255,20 @@ impl Engine {
 
     /// Whether a pass for `gid` runs on this replica now.
     pub fn is_inflight(&self, gid: &Gid) -> bool {
-        self.inner.inflight.lock().map(|s| s.contains(gid)).unwrap_or(false)
+        self.inner
+            .inflight
+            .lock()
+            .map(|s| s.contains(gid))
+            .unwrap_or(false)
     }
 
     /// Stops taking background passes and waits (up to `grace`) for the running ones.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.tasks.close();
-        if tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 running = self.inner.tasks.len(),
                 "shutdown grace ended with passes still running; the recovery scan will resume them"
@@ -311,7 +324,13 @@ impl Engine {
     /// (topics fan out to their subscribers); none for the other types.
     async fn build_branches(&self, req: &TxnRequest, now: Millis) -> Result<Vec<Branch>> {
         let mut bodies: Vec<Vec<u8>> = req.payloads.clone();
-        bodies.extend(req.steps.iter().filter_map(|s| s.get("data")).filter(|d| !d.is_empty()).map(|d| d.as_bytes().to_vec()));
+        bodies.extend(
+            req.steps
+                .iter()
+                .filter_map(|s| s.get("data"))
+                .filter(|d| !d.is_empty())
+                .map(|d| d.as_bytes().to_vec()),
+        );
         let body = |i: usize| bodies.get(i).cloned().unwrap_or_default();
         let gid = &req.gid;
         let mut out = Vec::new();
@@ -320,8 +339,22 @@ impl Engine {
                 for (i, step) in req.steps.iter().enumerate() {
                     let id = BranchId::for_step(i);
                     let url = |k: &str| step.get(k).cloned().unwrap_or_default();
-                    out.push(Branch::new(gid, id.clone(), Op::Compensate, url("compensate"), body(i), now));
-                    out.push(Branch::new(gid, id, Op::Action, url("action"), body(i), now));
+                    out.push(Branch::new(
+                        gid,
+                        id.clone(),
+                        Op::Compensate,
+                        url("compensate"),
+                        body(i),
+                        now,
+                    ));
+                    out.push(Branch::new(
+                        gid,
+                        id,
+                        Op::Action,
+                        url("action"),
+                        body(i),
+                        now,
+                    ));
                 }
             }
             TransType::Msg => {
@@ -331,11 +364,17 @@ impl Engine {
                     if let Some(topic) = action.strip_prefix(TOPIC_SCHEME) {
                         let subscribers = self.subscribers(topic).await?;
                         if subscribers.is_empty() {
-                            return Err(Error::BadRequest(format!("topic not found: '{topic}' has no subscribers")));
+                            return Err(Error::BadRequest(format!(
+                                "topic not found: '{topic}' has no subscribers"
+                            )));
                         }
                         let single = subscribers.len() == 1;
                         for (j, sub) in subscribers.into_iter().enumerate() {
-                            let bid = if single { id.clone() } else { BranchId::new(format!("{id}-{:02}", j + 1)) };
+                            let bid = if single {
+                                id.clone()
+                            } else {
+                                BranchId::new(format!("{id}-{:02}", j + 1))
+                            };
                             out.push(Branch::new(gid, bid, Op::Action, sub.url, body(i), now));
                         }
                     } else {
@@ -353,11 +392,19 @@ impl Engine {
         let Some(kv) = self.inner.store.kv_find(TOPICS_CAT, topic).await? else {
             return Ok(Vec::new());
         };
-        serde_json::from_str(&kv.v).map_err(|e| Error::Pass(format!("stored subscribers of topic '{topic}' are corrupt: {e}")))
+        serde_json::from_str(&kv.v).map_err(|e| {
+            Error::Pass(format!(
+                "stored subscribers of topic '{topic}' are corrupt: {e}"
+            ))
+        })
     }
 
     async fn load(&self, gid: &Gid) -> Result<GlobalTxn> {
-        self.inner.store.find_txn(gid).await?.ok_or_else(|| Error::NotFound(format!("no transaction with gid '{gid}'")))
+        self.inner
+            .store
+            .find_txn(gid)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no transaction with gid '{gid}'")))
     }
 
     /// `prepare`: stores the transaction as `prepared` (msg, tcc, xa). Idempotent while it stays prepared.
@@ -365,14 +412,22 @@ impl Engine {
         let now = self.inner.clock.now();
         let txn = self.build_txn(&req, GlobalStatus::Prepared, now);
         let branches = self.build_branches(&req, now).await?;
-        match self.inner.writer.write(Write::Insert { txn, branches }).await? {
+        match self
+            .inner
+            .writer
+            .write(Write::Insert { txn, branches })
+            .await?
+        {
             WriteOutcome::Applied(_) => Ok(()),
             WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
                 let existing = self.load(&req.gid).await?;
                 if existing.status == GlobalStatus::Prepared {
                     Ok(())
                 } else {
-                    Err(Error::Failure(format!("current status '{}', cannot prepare", existing.status)))
+                    Err(Error::Failure(format!(
+                        "current status '{}', cannot prepare",
+                        existing.status
+                    )))
                 }
             }
         }
@@ -382,13 +437,24 @@ impl Engine {
     /// `wait_result` is set. Workflow submits record the client's final result instead.
     pub async fn submit(&self, req: TxnRequest) -> Result<SubmitOutcome> {
         if req.trans_type == TransType::Workflow {
-            return self.submit_workflow(&req).await.map(|()| SubmitOutcome::Accepted);
+            return self
+                .submit_workflow(&req)
+                .await
+                .map(|()| SubmitOutcome::Accepted);
         }
         let now = self.inner.clock.now();
         let txn = self.build_txn(&req, GlobalStatus::Submitted, now);
         let branches = self.build_branches(&req, now).await?;
         let wait = req.options.wait_result;
-        let (txn, branches) = match self.inner.writer.write(Write::Insert { txn: txn.clone(), branches: branches.clone() }).await? {
+        let (txn, branches) = match self
+            .inner
+            .writer
+            .write(Write::Insert {
+                txn: txn.clone(),
+                branches: branches.clone(),
+            })
+            .await?
+        {
             WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches),
             WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
                 let existing = self.load(&req.gid).await?;
@@ -397,7 +463,10 @@ impl Engine {
                         let mut update = TxnUpdate::of(&existing, now);
                         update.status = Some(GlobalStatus::Submitted);
                         let base = self.base_interval(&existing.options);
-                        update.schedule = Schedule::At { interval: base, at: now.plus_secs(base) };
+                        update.schedule = Schedule::At {
+                            interval: base,
+                            at: now.plus_secs(base),
+                        };
                         match self.inner.writer.write(Write::Update(update)).await? {
                             WriteOutcome::Applied(version) => {
                                 let branches = self.inner.store.find_branches(&req.gid).await?;
@@ -421,7 +490,11 @@ impl Engine {
                         let branches = self.inner.store.find_branches(&req.gid).await?;
                         (existing, branches)
                     }
-                    other => return Err(Error::Failure(format!("current status '{other}', cannot submit"))),
+                    other => {
+                        return Err(Error::Failure(format!(
+                            "current status '{other}', cannot submit"
+                        )));
+                    }
                 }
             }
         };
@@ -445,7 +518,10 @@ impl Engine {
             }
         };
         if existing.status != GlobalStatus::Prepared {
-            return Err(Error::Failure(format!("current status '{}', cannot submit", existing.status)));
+            return Err(Error::Failure(format!(
+                "current status '{}', cannot submit",
+                existing.status
+            )));
         }
         let mut update = TxnUpdate::of(&existing, self.inner.clock.now());
         update.expect_version = None;
@@ -454,17 +530,27 @@ impl Engine {
         update.result = req.req_extra.get("result").cloned();
         match self.inner.writer.write(Write::Update(update)).await? {
             WriteOutcome::Applied(_) => {
-                self.inner.metrics.transactions_finished.with_label_values(&["workflow", status.as_str()]).inc();
+                self.inner
+                    .metrics
+                    .transactions_finished
+                    .with_label_values(&["workflow", status.as_str()])
+                    .inc();
                 Ok(())
             }
-            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
-                Err(Error::Failure(format!("workflow '{}' is no longer prepared, cannot submit", req.gid)))
-            }
+            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => Err(Error::Failure(format!(
+                "workflow '{}' is no longer prepared, cannot submit",
+                req.gid
+            ))),
         }
     }
 
     /// `abort`: a prepared msg fails at once; a tcc/xa in `prepared` or `aborting` rolls back.
-    pub async fn abort(&self, gid: &Gid, trans_type: TransType, reason: String) -> Result<SubmitOutcome> {
+    pub async fn abort(
+        &self,
+        gid: &Gid,
+        trans_type: TransType,
+        reason: String,
+    ) -> Result<SubmitOutcome> {
         let existing = self.load(gid).await?;
         let now = self.inner.clock.now();
         if existing.trans_type == TransType::Msg && existing.status == GlobalStatus::Prepared {
@@ -473,15 +559,24 @@ impl Engine {
             update.rollback_reason = Some(reason);
             return match self.inner.writer.write(Write::Update(update)).await? {
                 WriteOutcome::Applied(_) => {
-                    self.inner.metrics.transactions_finished.with_label_values(&["msg", "failed"]).inc();
+                    self.inner
+                        .metrics
+                        .transactions_finished
+                        .with_label_values(&["msg", "failed"])
+                        .inc();
                     Ok(SubmitOutcome::Accepted)
                 }
-                _ => Err(Error::Ongoing(format!("transaction '{gid}' changed while being aborted; retry"))),
+                _ => Err(Error::Ongoing(format!(
+                    "transaction '{gid}' changed while being aborted; retry"
+                ))),
             };
         }
         let abortable = matches!(trans_type, TransType::Tcc | TransType::Xa)
             && existing.trans_type == trans_type
-            && matches!(existing.status, GlobalStatus::Prepared | GlobalStatus::Aborting);
+            && matches!(
+                existing.status,
+                GlobalStatus::Prepared | GlobalStatus::Aborting
+            );
         if !abortable {
             return Err(Error::Failure(format!(
                 "trans type: '{}' current status '{}', cannot abort",
@@ -493,10 +588,17 @@ impl Engine {
             update.status = Some(GlobalStatus::Aborting);
             update.rollback_reason = Some(reason.clone());
             match self.inner.writer.write(Write::Update(update)).await? {
-                WriteOutcome::Applied(version) => {
-                    GlobalTxn { status: GlobalStatus::Aborting, rollback_reason: reason, version, ..existing }
+                WriteOutcome::Applied(version) => GlobalTxn {
+                    status: GlobalStatus::Aborting,
+                    rollback_reason: reason,
+                    version,
+                    ..existing
+                },
+                _ => {
+                    return Err(Error::Ongoing(format!(
+                        "transaction '{gid}' changed while being aborted; retry"
+                    )));
                 }
-                _ => return Err(Error::Ongoing(format!("transaction '{gid}' changed while being aborted; retry"))),
             }
         } else {
             existing
@@ -515,12 +617,16 @@ impl Engine {
         for _ in 0..5 {
             let existing = self.load(gid).await?;
             if existing.status.is_final() {
-                return Err(Error::Failure(format!("global transaction force stop error: status is '{}'", existing.status)));
+                return Err(Error::Failure(format!(
+                    "global transaction force stop error: status is '{}'",
+                    existing.status
+                )));
             }
             let mut update = TxnUpdate::of(&existing, self.inner.clock.now());
             update.status = Some(GlobalStatus::Failed);
             update.rollback_reason = Some("force stopped".to_owned());
-            if let WriteOutcome::Applied(_) = self.inner.writer.write(Write::Update(update)).await? {
+            if let WriteOutcome::Applied(_) = self.inner.writer.write(Write::Update(update)).await?
+            {
                 self.inner
                     .metrics
                     .transactions_finished
@@ -529,7 +635,9 @@ impl Engine {
                 return Ok(());
             }
         }
-        Err(Error::Ongoing(format!("transaction '{gid}' keeps changing; retry the force stop")))
+        Err(Error::Ongoing(format!(
+            "transaction '{gid}' keeps changing; retry the force stop"
+        )))
     }
 
     /// `registerBranch` for tcc (`confirm`/`cancel`), xa (`url`) and workflow (`op`, `status`): appends
@@ -546,16 +654,41 @@ impl Engine {
         let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
         let mut branches = match trans_type {
             TransType::Tcc => vec![
-                Branch::new(gid, branch_id.clone(), Op::Cancel, get("cancel"), data.clone(), now),
-                Branch::new(gid, branch_id.clone(), Op::Confirm, get("confirm"), data, now),
+                Branch::new(
+                    gid,
+                    branch_id.clone(),
+                    Op::Cancel,
+                    get("cancel"),
+                    data.clone(),
+                    now,
+                ),
+                Branch::new(
+                    gid,
+                    branch_id.clone(),
+                    Op::Confirm,
+                    get("confirm"),
+                    data,
+                    now,
+                ),
             ],
             TransType::Xa => vec![
-                Branch::new(gid, branch_id.clone(), Op::Rollback, get("url"), data.clone(), now),
+                Branch::new(
+                    gid,
+                    branch_id.clone(),
+                    Op::Rollback,
+                    get("url"),
+                    data.clone(),
+                    now,
+                ),
                 Branch::new(gid, branch_id.clone(), Op::Commit, get("url"), data, now),
             ],
             TransType::Workflow => {
-                let op: Op = get("op").parse().map_err(|e| Error::BadRequest(format!("field 'op': {e}")))?;
-                let status: BranchStatus = get("status").parse().map_err(|e| Error::BadRequest(format!("field 'status': {e}")))?;
+                let op: Op = get("op")
+                    .parse()
+                    .map_err(|e| Error::BadRequest(format!("field 'op': {e}")))?;
+                let status: BranchStatus = get("status")
+                    .parse()
+                    .map_err(|e| Error::BadRequest(format!("field 'status': {e}")))?;
                 let mut b = Branch::new(gid, branch_id.clone(), op, String::new(), data, now);
                 b.status = status;
                 match status {
@@ -566,7 +699,9 @@ impl Engine {
                 vec![b]
             }
             TransType::Saga | TransType::Msg => {
-                return Err(Error::BadRequest(format!("registerBranch does not apply to trans_type '{trans_type}'")));
+                return Err(Error::BadRequest(format!(
+                    "registerBranch does not apply to trans_type '{trans_type}'"
+                )));
             }
         };
         for b in &mut branches {
@@ -587,7 +722,9 @@ impl Engine {
         };
         match self.inner.writer.write(Write::Update(update)).await? {
             WriteOutcome::Applied(_) => Ok(()),
-            WriteOutcome::Conflict => Err(Error::Failure(format!("no trans with gid: {gid} status: prepared found"))),
+            WriteOutcome::Conflict => Err(Error::Failure(format!(
+                "no trans with gid: {gid} status: prepared found"
+            ))),
             WriteOutcome::DuplicateBranch => Err(Error::Failure(format!(
                 "branch {branch_id} of {gid} is already registered"
             ))),
@@ -598,7 +735,15 @@ impl Engine {
     pub async fn prepare_workflow(&self, req: TxnRequest) -> Result<(GlobalTxn, Vec<Branch>)> {
         let now = self.inner.clock.now();
         let txn = self.build_txn(&req, GlobalStatus::Prepared, now);
-        match self.inner.writer.write(Write::Insert { txn, branches: Vec::new() }).await? {
+        match self
+            .inner
+            .writer
+            .write(Write::Insert {
+                txn,
+                branches: Vec::new(),
+            })
+            .await?
+        {
             WriteOutcome::Applied(_) | WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {}
         }
         let txn = self.load(&req.gid).await?;
@@ -636,24 +781,42 @@ impl Engine {
             loop {
                 match events.recv().await {
                     Ok(ev) if ev.gid == txn.gid => {
-                        return PassResult { status: ev.status, rollback_reason: String::new(), error: None };
+                        return PassResult {
+                            status: ev.status,
+                            rollback_reason: String::new(),
+                            error: None,
+                        };
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => {
-                        return PassResult { status: txn.status, rollback_reason: String::new(), error: None };
+                        return PassResult {
+                            status: txn.status,
+                            rollback_reason: String::new(),
+                            error: None,
+                        };
                     }
                 }
             }
         }
-        let guard = InflightGuard { inner: &self.inner, gid: txn.gid.clone() };
+        let guard = InflightGuard {
+            inner: &self.inner,
+            gid: txn.gid.clone(),
+        };
         let gid = txn.gid.clone();
-        let gauge = self.inner.metrics.engine_inflight.with_label_values(&[txn.trans_type.as_str()]);
+        let gauge = self
+            .inner
+            .metrics
+            .engine_inflight
+            .with_label_values(&[txn.trans_type.as_str()]);
         gauge.inc();
         let result = driver::run(&self.inner, txn, branches).await;
         gauge.dec();
         // Leave the in-flight set before announcing, so a waiter that missed the event can run its own pass.
         drop(guard);
-        let _ = self.inner.events.send(PassEvent { gid, status: result.status });
+        let _ = self.inner.events.send(PassEvent {
+            gid,
+            status: result.status,
+        });
         result
     }
 }

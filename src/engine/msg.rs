@@ -15,11 +15,14 @@ pub(crate) fn delay_secs(custom_data: &str) -> Result<i64, String> {
     if custom_data.trim().is_empty() {
         return Ok(0);
     }
-    let v: serde_json::Value =
-        serde_json::from_str(custom_data).map_err(|e| format!("custom_data is not valid JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(custom_data)
+        .map_err(|e| format!("custom_data is not valid JSON: {e}"))?;
     match v.get("delay") {
         None | Some(serde_json::Value::Null) => Ok(0),
-        Some(d) => d.as_i64().filter(|d| *d >= 0).ok_or_else(|| "custom_data.delay must be a non-negative integer".to_owned()),
+        Some(d) => d
+            .as_i64()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| "custom_data.delay must be a non-negative integer".to_owned()),
     }
 }
 
@@ -31,11 +34,21 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
             return;
         }
         let url = pass.txn.query_prepared.clone();
-        let (_, outcome) = pass.call_url(url, "00".to_owned(), Op::Msg.as_str().to_owned(), Vec::new()).await;
+        let (_, outcome) = pass
+            .call_url(
+                url,
+                "00".to_owned(),
+                Op::Msg.as_str().to_owned(),
+                Vec::new(),
+            )
+            .await;
         match outcome {
             CallOutcome::Success => pass.set_status(GlobalStatus::Submitted, None),
             CallOutcome::Failure(msg) => {
-                pass.set_status(GlobalStatus::Failed, Some(format!("query_prepared answered FAILURE: {msg}")));
+                pass.set_status(
+                    GlobalStatus::Failed,
+                    Some(format!("query_prepared answered FAILURE: {msg}")),
+                );
                 return;
             }
             // ONGOING from the back-check restarts the interval (not a fault of anyone).
@@ -80,7 +93,11 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
             }
         }
     }
-    let all_done = pass.branches.iter().filter(|b| b.op == Op::Action).all(|b| b.status == BranchStatus::Succeed);
+    let all_done = pass
+        .branches
+        .iter()
+        .filter(|b| b.op == Op::Action)
+        .all(|b| b.status == BranchStatus::Succeed);
     if all_done {
         pass.set_status(GlobalStatus::Succeed, None);
     }

@@ -27,7 +27,9 @@ pub(crate) async fn phase_two(pass: &mut Pass<'_>, commit_op: Op, rollback_op: O
         GlobalStatus::Aborting => (rollback_op, GlobalStatus::Failed),
         _ => return,
     };
-    let mut order: Vec<usize> = (0..pass.branches.len()).filter(|&i| pass.branches[i].op == op).collect();
+    let mut order: Vec<usize> = (0..pass.branches.len())
+        .filter(|&i| pass.branches[i].op == op)
+        .collect();
     if reverse {
         order.reverse();
     }

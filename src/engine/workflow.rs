@@ -12,7 +12,11 @@ use crate::proto::workflow::WorkflowData;
 
 pub(crate) async fn process(pass: &mut Pass<'_>) {
     let custom: serde_json::Value = serde_json::from_str(&pass.txn.custom_data).unwrap_or_default();
-    let name = custom.get("name").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+    let name = custom
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let data = custom
         .get("data")
         .and_then(serde_json::Value::as_str)
@@ -20,8 +24,16 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
         .unwrap_or_default();
     let (url, body) = if pass.txn.protocol == Protocol::Grpc {
         // gRPC workflows are resumed through `workflow.Workflow/Execute` on the client's host.
-        let host = pass.txn.query_prepared.split('/').next().unwrap_or_default();
-        (format!("{host}/workflow.Workflow/Execute"), WorkflowData { data }.encode_to_vec())
+        let host = pass
+            .txn
+            .query_prepared
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        (
+            format!("{host}/workflow.Workflow/Execute"),
+            WorkflowData { data }.encode_to_vec(),
+        )
     } else {
         (pass.txn.query_prepared.clone(), data)
     };

@@ -84,7 +84,10 @@ pub struct GrpcInvoker {
 
 impl GrpcInvoker {
     fn channel(&self, host: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().map_err(|_| "gRPC channel cache poisoned".to_owned())?;
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| "gRPC channel cache poisoned".to_owned())?;
         if let Some(c) = channels.get(host) {
             return Ok(c.clone());
         }
@@ -100,7 +103,10 @@ impl GrpcInvoker {
     /// Calls `host:port/package.Service/Method` with the raw body and DTM's `dtm-*` metadata.
     pub async fn call(&self, call: &BranchCall<'_>) -> CallOutcome {
         let Some((host, method)) = call.url.split_once('/') else {
-            return CallOutcome::Error(format!("gRPC url '{}' must look like host:port/package.Service/Method", call.url));
+            return CallOutcome::Error(format!(
+                "gRPC url '{}' must look like host:port/package.Service/Method",
+                call.url
+            ));
         };
         let path = match PathAndQuery::from_str(&format!("/{method}")) {
             Ok(p) => p,
@@ -120,14 +126,19 @@ impl GrpcInvoker {
             ("dtm-op", call.op),
             ("dtm-dtm", ""),
         ];
-        for (k, v) in fixed.into_iter().chain(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-            let key = match MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()) {
-                Ok(key) => key,
-                Err(_) => return CallOutcome::Error(format!("branch header '{k}' is not a valid gRPC metadata key")),
+        for (k, v) in fixed
+            .into_iter()
+            .chain(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        {
+            let Ok(key) = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()) else {
+                return CallOutcome::Error(format!(
+                    "branch header '{k}' is not a valid gRPC metadata key"
+                ));
             };
-            let value = match MetadataValue::try_from(v) {
-                Ok(value) => value,
-                Err(_) => return CallOutcome::Error(format!("branch header '{k}' has a value not allowed in gRPC metadata")),
+            let Ok(value) = MetadataValue::try_from(v) else {
+                return CallOutcome::Error(format!(
+                    "branch header '{k}' has a value not allowed in gRPC metadata"
+                ));
             };
             md.insert(key, value);
         }
@@ -149,10 +160,25 @@ mod tests {
 
     #[test]
     fn classifies_grpc_codes_like_dtm() {
-        assert_eq!(classify_grpc(&Status::aborted("ONGOING")), CallOutcome::Ongoing);
-        assert!(matches!(classify_grpc(&Status::aborted("no money")), CallOutcome::Failure(_)));
-        assert_eq!(classify_grpc(&Status::failed_precondition("x")), CallOutcome::Ongoing);
-        assert!(matches!(classify_grpc(&Status::internal("x")), CallOutcome::Error(_)));
-        assert!(matches!(classify_grpc(&Status::unavailable("x")), CallOutcome::Error(_)));
+        assert_eq!(
+            classify_grpc(&Status::aborted("ONGOING")),
+            CallOutcome::Ongoing
+        );
+        assert!(matches!(
+            classify_grpc(&Status::aborted("no money")),
+            CallOutcome::Failure(_)
+        ));
+        assert_eq!(
+            classify_grpc(&Status::failed_precondition("x")),
+            CallOutcome::Ongoing
+        );
+        assert!(matches!(
+            classify_grpc(&Status::internal("x")),
+            CallOutcome::Error(_)
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::unavailable("x")),
+            CallOutcome::Error(_)
+        ));
     }
 }

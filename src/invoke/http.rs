@@ -62,7 +62,11 @@ impl HttpInvoker {
 
     /// A plain HTTP branch call: POST when there is a body (or for XA), else GET; the four DTM query parameters.
     pub async fn call(&self, call: &BranchCall<'_>) -> CallOutcome {
-        let method = if !call.body.is_empty() || call.trans_type == TransType::Xa { Method::POST } else { Method::GET };
+        let method = if !call.body.is_empty() || call.trans_type == TransType::Xa {
+            Method::POST
+        } else {
+            Method::GET
+        };
         let req = self
             .request(method, call)
             .query(&[
@@ -86,13 +90,19 @@ impl HttpInvoker {
     pub async fn call_json_rpc(&self, call: &BranchCall<'_>) -> CallOutcome {
         let method = reqwest::Url::parse(call.url)
             .ok()
-            .and_then(|u| u.query_pairs().find(|(k, _)| k == "method").map(|(_, v)| v.into_owned()))
+            .and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == "method")
+                    .map(|(_, v)| v.into_owned())
+            })
             .unwrap_or_default();
         let mut params = match serde_json::from_slice::<serde_json::Value>(call.body) {
             Ok(serde_json::Value::Object(map)) => map,
             Ok(serde_json::Value::Null) | Err(_) if call.body.is_empty() => serde_json::Map::new(),
             Ok(_) | Err(_) => {
-                return CallOutcome::Error("a JSON-RPC branch payload must be a JSON object".to_owned());
+                return CallOutcome::Error(
+                    "a JSON-RPC branch payload must be a JSON object".to_owned(),
+                );
             }
         };
         for (k, v) in [
@@ -160,9 +170,21 @@ mod tests {
 
     #[test]
     fn json_rpc_error_codes_are_honoured() {
-        assert_eq!(classify_json_rpc(r#"{"jsonrpc":"2.0","id":"1","result":null}"#), CallOutcome::Success);
-        assert!(matches!(classify_json_rpc(r#"{"error":{"code":-32901,"message":"x"}}"#), CallOutcome::Failure(_)));
-        assert_eq!(classify_json_rpc(r#"{"error":{"code":-32902,"message":"x"}}"#), CallOutcome::Ongoing);
-        assert!(matches!(classify_json_rpc(r#"{"error":{"code":-32603}}"#), CallOutcome::Error(_)));
+        assert_eq!(
+            classify_json_rpc(r#"{"jsonrpc":"2.0","id":"1","result":null}"#),
+            CallOutcome::Success
+        );
+        assert!(matches!(
+            classify_json_rpc(r#"{"error":{"code":-32901,"message":"x"}}"#),
+            CallOutcome::Failure(_)
+        ));
+        assert_eq!(
+            classify_json_rpc(r#"{"error":{"code":-32902,"message":"x"}}"#),
+            CallOutcome::Ongoing
+        );
+        assert!(matches!(
+            classify_json_rpc(r#"{"error":{"code":-32603}}"#),
+            CallOutcome::Error(_)
+        ));
     }
 }

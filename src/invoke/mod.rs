@@ -79,7 +79,11 @@ pub struct Invoker {
 impl Invoker {
     /// A new invoker with pooled connections.
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
-        Ok(Self { http: http::HttpInvoker::new()?, grpc: grpc::GrpcInvoker::default(), metrics })
+        Ok(Self {
+            http: http::HttpInvoker::new()?,
+            grpc: grpc::GrpcInvoker::default(),
+            metrics,
+        })
     }
 
     /// POSTs a JSON document (alert webhook); any non-2xx answer is an error.
@@ -100,7 +104,11 @@ impl Invoker {
             Protocol::Grpc if is_http_url => self.http.call(call).await,
             Protocol::Grpc => self.grpc.call(call).await,
         };
-        let protocol = if is_http_url || call.protocol != Protocol::Grpc { call.protocol.as_str() } else { "grpc" };
+        let protocol = if is_http_url || call.protocol != Protocol::Grpc {
+            call.protocol.as_str()
+        } else {
+            "grpc"
+        };
         self.metrics
             .branch_call_duration
             .with_label_values(&[protocol, outcome.label()])
@@ -142,7 +150,11 @@ mod tests {
             (201, "", "error"),
         ];
         for (i, (status, body, want)) in cases.iter().enumerate() {
-            assert_eq!(classify_http(*status, body).label(), *want, "case {i}: {status} {body}");
+            assert_eq!(
+                classify_http(*status, body).label(),
+                *want,
+                "case {i}: {status} {body}"
+            );
         }
     }
 }

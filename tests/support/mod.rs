@@ -1,6 +1,6 @@
 //! Shared harness of the integration tests: a braid server started in-process on a fresh SQLite file or a
 //! fresh MariaDB database, and a test business service (DTM's `busi`) that records every call it receives.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod busi;
 
@@ -40,7 +40,13 @@ pub fn fresh_dsn(backend: Backend) -> String {
 
 /// A config for tests: ephemeral port on loopback, 1-second scans.
 pub fn test_config(dsn: &str) -> Config {
-    Config { http_port: 0, grpc_port: 0, bind: "127.0.0.1".to_owned(), store: dsn.to_owned(), ..Config::default() }
+    Config {
+        http_port: 0,
+        grpc_port: 0,
+        bind: "127.0.0.1".to_owned(),
+        store: dsn.to_owned(),
+        ..Config::default()
+    }
 }
 
 /// A running in-process braid with helpers in the spirit of DTM's test suite (spec §14.1).
@@ -62,11 +68,22 @@ impl TestServer {
         if let Ok(level) = std::env::var("BRAID_TEST_LOG") {
             let _ = braid::telemetry::init(&level, braid::config::LogFormat::Text);
         }
-        let server = Server::start(&config, StartOptions { scanner: false, grace: Duration::from_secs(5) })
-            .await
-            .expect("test server starts");
+        let server = Server::start(
+            &config,
+            StartOptions {
+                scanner: false,
+                grace: Duration::from_secs(5),
+            },
+        )
+        .await
+        .expect("test server starts");
         let events = server.engine.events();
-        Self { server, http: reqwest::Client::new(), dsn: config.store.clone(), events }
+        Self {
+            server,
+            http: reqwest::Client::new(),
+            dsn: config.store.clone(),
+            events,
+        }
     }
 
     /// `http://127.0.0.1:port/api/dtmsvr`.
@@ -91,19 +108,29 @@ impl TestServer {
             .expect("request sent");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body read");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// GETs a route under dtmsvr with a query string.
     pub async fn get(&self, route_and_query: &str) -> (u16, Value) {
-        let resp = self.http.get(format!("{}/{route_and_query}", self.dtm())).send().await.expect("request sent");
+        let resp = self
+            .http
+            .get(format!("{}/{route_and_query}", self.dtm()))
+            .send()
+            .await
+            .expect("request sent");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body read");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Submits and expects 200.
-    #[track_caller]
     pub async fn submit_ok(&self, body: &Value) {
         let (status, reply) = self.post("submit", body).await;
         assert_eq!(status, 200, "submit failed: {reply}");
@@ -117,7 +144,9 @@ impl TestServer {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Ok(ev)) if ev.gid.as_str() == gid => return,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
-                Ok(Err(broadcast::error::RecvError::Closed)) => panic!("engine stopped while waiting for {gid}"),
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    panic!("engine stopped while waiting for {gid}")
+                }
                 Err(_) => panic!("no processing pass of {gid} finished within 20 s"),
             }
         }
@@ -132,7 +161,10 @@ impl TestServer {
 
     /// The global status.
     pub async fn status(&self, gid: &str) -> String {
-        self.query(gid).await["transaction"]["status"].as_str().unwrap_or("<none>").to_owned()
+        self.query(gid).await["transaction"]["status"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned()
     }
 
     /// The branch statuses in stored order (DTM's `getBranchesStatus`).
@@ -140,32 +172,50 @@ impl TestServer {
         let q = self.query(gid).await;
         q["branches"]
             .as_array()
-            .map(|bs| bs.iter().map(|b| b["status"].as_str().unwrap_or_default().to_owned()).collect())
+            .map(|bs| {
+                bs.iter()
+                    .map(|b| b["status"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The rollback reason.
     pub async fn rollback_reason(&self, gid: &str) -> String {
-        self.query(gid).await["transaction"]["rollback_reason"].as_str().unwrap_or_default().to_owned()
+        self.query(gid).await["transaction"]["rollback_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// One recovery scan, waiting for its passes (DTM's `CronTransOnce`). Returns the claimed gids.
     pub async fn cron_once(&self) -> Vec<String> {
-        let gids = self.server.scanner.scan_once(true).await.expect("scan works");
+        let gids = self
+            .server
+            .scanner
+            .scan_once(true)
+            .await
+            .expect("scan works");
         gids.iter().map(Gid::to_string).collect()
     }
 
     /// Pretends `secs` seconds have passed (timeouts and schedules both see it).
     pub fn forward(&self, secs: u64) {
-        self.server.engine.clock().advance(Duration::from_secs(secs));
+        self.server
+            .engine
+            .clock()
+            .advance(Duration::from_secs(secs));
     }
 
     /// Forwards time, then runs one scan; asserts that exactly `gid` was picked.
-    #[track_caller]
     pub async fn cron_forward_expect(&self, secs: u64, gid: &str) {
         self.forward(secs);
         let picked = self.cron_once().await;
-        assert_eq!(picked, vec![gid.to_owned()], "the scan after +{secs}s picked {picked:?}");
+        assert_eq!(
+            picked,
+            vec![gid.to_owned()],
+            "the scan after +{secs}s picked {picked:?}"
+        );
     }
 
     /// Stops the server and drops its MariaDB database.
@@ -181,7 +231,9 @@ pub async fn drop_database(dsn: &str) {
     if let Some(db) = dsn.strip_prefix(&format!("{}/", mysql_base())) {
         sqlx::any::install_default_drivers();
         if let Ok(pool) = sqlx::AnyPool::connect(&format!("{}/", mysql_base())).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`")).execute(&pool).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+                .execute(&pool)
+                .await;
             pool.close().await;
         }
     }
