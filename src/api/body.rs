@@ -65,7 +65,7 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." {
+        if e.inner().is_syntax() || e.inner().is_eof() || path == "." || path == "?" {
             Error::BadRequest(format!(
                 "request body is not a valid JSON object: {}",
                 e.inner()
