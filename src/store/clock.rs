@@ -53,7 +53,9 @@ impl StoreClock {
         let current = self.now().0 - self.inner.skew_ms.load(Ordering::Relaxed);
         let next = now.0.max(current);
         self.inner.anchor_ms.store(next, Ordering::Relaxed);
-        self.inner.anchor_offset_ms.store(elapsed, Ordering::Relaxed);
+        self.inner
+            .anchor_offset_ms
+            .store(elapsed, Ordering::Relaxed);
         Ok(())
     }
 
@@ -64,7 +66,11 @@ impl StoreClock {
     /// The current store time.
     pub fn now(&self) -> Millis {
         let since_anchor = self.elapsed_ms() - self.inner.anchor_offset_ms.load(Ordering::Relaxed);
-        Millis(self.inner.anchor_ms.load(Ordering::Relaxed) + since_anchor + self.inner.skew_ms.load(Ordering::Relaxed))
+        Millis(
+            self.inner.anchor_ms.load(Ordering::Relaxed)
+                + since_anchor
+                + self.inner.skew_ms.load(Ordering::Relaxed),
+        )
     }
 
     /// Moves this clock forward by `by` (test hook: DTM's tests forward time the same way).

@@ -20,16 +20,19 @@ pub mod clock;
 pub mod conformance;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-mod sql;
 pub mod writer;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{Branch, BranchId, BranchStatus, GlobalStatus, GlobalTxn, Gid, KvRecord, Millis, Op, Partition, TransOptions, TransType, Version};
+use crate::model::{
+    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, KvRecord, Millis, Op, Partition,
+    TransOptions, TransType, Version,
+};
 
 /// Errors of the store layer. Lost races are not errors (see [`WriteOutcome::Conflict`]).
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +85,9 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => Self::Unavailable(e),
-            sqlx::Error::Database(db) if is_transient_db_error(db.code().as_deref()) => Self::Unavailable(e),
+            sqlx::Error::Database(db) if is_transient_db_error(db.code().as_deref()) => {
+                Self::Unavailable(e)
+            }
             _ => Self::Query(e),
         }
     }
@@ -92,7 +97,23 @@ impl From<sqlx::Error> for Error {
 fn is_transient_db_error(code: Option<&str>) -> bool {
     // MySQL: 1205 lock wait timeout, 1213 deadlock, 1040 too many connections, 2006/2013 gone away, 1927/1053 shutdown.
     // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes, which end in the base code's value mod 256).
-    matches!(code, Some("1205" | "1213" | "1040" | "2006" | "2013" | "1927" | "1053" | "5" | "6" | "261" | "517" | "262"))
+    matches!(
+        code,
+        Some(
+            "1205"
+                | "1213"
+                | "1040"
+                | "2006"
+                | "2013"
+                | "1927"
+                | "1053"
+                | "5"
+                | "6"
+                | "261"
+                | "517"
+                | "262"
+        )
+    )
 }
 
 /// `pub type Result` of the store layer.
@@ -288,7 +309,14 @@ pub trait Store: Send + Sync + 'static {
     async fn kv_create(&self, cat: &str, k: &str, v: &str, now: Millis) -> Result<bool>;
 
     /// Sets `v` and bumps the version, only while the stored version is `expect_version`. `false` on a lost race.
-    async fn kv_update(&self, cat: &str, k: &str, v: &str, expect_version: i64, now: Millis) -> Result<bool>;
+    async fn kv_update(
+        &self,
+        cat: &str,
+        k: &str,
+        v: &str,
+        expect_version: i64,
+        now: Millis,
+    ) -> Result<bool>;
 
     /// Deletes `(cat, k)`. `false` if it did not exist.
     async fn kv_delete(&self, cat: &str, k: &str) -> Result<bool>;
@@ -318,7 +346,9 @@ async fn open_sqlite(dsn: &str) -> Result<DynStore> {
 
 #[cfg(not(feature = "sqlite"))]
 async fn open_sqlite(_dsn: &str) -> Result<DynStore> {
-    Err(Error::Config("this build of braid has no sqlite support (feature `sqlite`)".into()))
+    Err(Error::Config(
+        "this build of braid has no sqlite support (feature `sqlite`)".into(),
+    ))
 }
 
 #[cfg(feature = "mysql")]
@@ -328,7 +358,9 @@ async fn open_mysql(dsn: &str) -> Result<DynStore> {
 
 #[cfg(not(feature = "mysql"))]
 async fn open_mysql(_dsn: &str) -> Result<DynStore> {
-    Err(Error::Config("this build of braid has no mysql support (feature `mysql`)".into()))
+    Err(Error::Config(
+        "this build of braid has no mysql support (feature `mysql`)".into(),
+    ))
 }
 
 /// The DSN with any password replaced by `***`, for logs and error messages.
@@ -353,8 +385,17 @@ mod tests {
 
     #[test]
     fn redacts_passwords_only() {
-        assert_eq!(redact_dsn("mysql://root:secret@db:3306/braid"), "mysql://root:***@db:3306/braid");
-        assert_eq!(redact_dsn("mysql://root@db:3306/braid"), "mysql://root@db:3306/braid");
-        assert_eq!(redact_dsn("sqlite://braid-data/braid.db"), "sqlite://braid-data/braid.db");
+        assert_eq!(
+            redact_dsn("mysql://root:secret@db:3306/braid"),
+            "mysql://root:***@db:3306/braid"
+        );
+        assert_eq!(
+            redact_dsn("mysql://root@db:3306/braid"),
+            "mysql://root@db:3306/braid"
+        );
+        assert_eq!(
+            redact_dsn("sqlite://braid-data/braid.db"),
+            "sqlite://braid-data/braid.db"
+        );
     }
 }

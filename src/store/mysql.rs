@@ -11,19 +11,26 @@ use super::{Error, Result, redact_dsn};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
-
 impl SqlStore {
     pub(crate) async fn open_mysql(dsn: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let dsn = dsn.replacen("mariadb://", "mysql://", 1);
         let (server, db) = split_database(&dsn)?;
         if !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(Error::Config(format!("database name '{db}' in the store DSN must be letters, digits or _")));
+            return Err(Error::Config(format!(
+                "database name '{db}' in the store DSN must be letters, digits or _"
+            )));
         }
         // Create the database first, on a connection without it.
         {
-            let pool = AnyPoolOptions::new().max_connections(1).connect(&server).await.map_err(Error::Unavailable)?;
-            sqlx::query(&format!("CREATE DATABASE IF NOT EXISTS `{db}`")).execute(&pool).await?;
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&server)
+                .await
+                .map_err(Error::Unavailable)?;
+            sqlx::query(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+                .execute(&pool)
+                .await?;
             pool.close().await;
         }
         let pool = AnyPoolOptions::new()
@@ -36,19 +43,30 @@ impl SqlStore {
             .map_err(Error::Unavailable)?;
         MIGRATOR.run(&pool).await?;
         tracing::debug!(dsn = %redact_dsn(&dsn), "mysql store open");
-        Ok(SqlStore { pool, dialect: Dialect::Mysql })
+        Ok(SqlStore {
+            pool,
+            dialect: Dialect::Mysql,
+        })
     }
 }
 
 /// Splits `mysql://u:p@h:3306/db?x=y` into (`mysql://u:p@h:3306/?x=y`, `db`).
 fn split_database(dsn: &str) -> Result<(String, String)> {
     let (scheme, rest) = dsn.split_once("://").unwrap_or(("mysql", dsn));
-    let (authority, path) = rest
-        .split_once('/')
-        .ok_or_else(|| Error::Config(format!("mysql DSN '{}' names no database: add /dbname", redact_dsn(dsn))))?;
-    let (db, query) = path.split_once('?').map_or((path, None), |(d, q)| (d, Some(q)));
+    let (authority, path) = rest.split_once('/').ok_or_else(|| {
+        Error::Config(format!(
+            "mysql DSN '{}' names no database: add /dbname",
+            redact_dsn(dsn)
+        ))
+    })?;
+    let (db, query) = path
+        .split_once('?')
+        .map_or((path, None), |(d, q)| (d, Some(q)));
     if db.is_empty() {
-        return Err(Error::Config(format!("mysql DSN '{}' names no database: add /dbname", redact_dsn(dsn))));
+        return Err(Error::Config(format!(
+            "mysql DSN '{}' names no database: add /dbname",
+            redact_dsn(dsn)
+        )));
     }
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     Ok((format!("{scheme}://{authority}/{query}"), db.to_owned()))
@@ -60,7 +78,8 @@ mod tests {
 
     #[test]
     fn splits_database_from_dsn() {
-        let (server, db) = split_database("mysql://root:pw@127.0.0.1:3306/braid?ssl-mode=disabled").unwrap();
+        let (server, db) =
+            split_database("mysql://root:pw@127.0.0.1:3306/braid?ssl-mode=disabled").unwrap();
         assert_eq!(server, "mysql://root:pw@127.0.0.1:3306/?ssl-mode=disabled");
         assert_eq!(db, "braid");
         assert!(split_database("mysql://root@127.0.0.1:3306").is_err());

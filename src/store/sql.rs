@@ -8,7 +8,10 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Claim, Error, Result, ScanFilter, Schedule, Store, TxnUpdate, Write, WriteOutcome};
-use crate::model::{Branch, BranchId, BranchStatus, GlobalStatus, GlobalTxn, Gid, KvRecord, Millis, Partition, Version};
+use crate::model::{
+    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, KvRecord, Millis, Partition,
+    Version,
+};
 
 /// What differs between SQL databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +55,7 @@ const TXN_COLS: &str = "id, gid, trans_type, status, query_prepared, protocol, c
     rollback_reason, create_time, update_time, finish_time, rollback_time, next_cron_interval, next_cron_time, \
     owner, version, partition_id";
 
-const BRANCH_COLS: &str =
-    "id, gid, branch_id, op, url, bin_data, status, create_time, update_time, finish_time, rollback_time";
+const BRANCH_COLS: &str = "id, gid, branch_id, op, url, bin_data, status, create_time, update_time, finish_time, rollback_time";
 
 const KV_COLS: &str = "id, cat, k, v, version, create_time, update_time";
 
@@ -98,12 +100,22 @@ fn decode_txn(row: &AnyRow) -> Result<GlobalTxn> {
     let version: i64 = row.try_get("version")?;
     Ok(GlobalTxn {
         id: row.try_get("id")?,
-        trans_type: row.try_get::<String, _>("trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
-        status: row.try_get::<String, _>("status")?.parse().map_err(|e| corrupt("status", e))?,
+        trans_type: row
+            .try_get::<String, _>("trans_type")?
+            .parse()
+            .map_err(|e| corrupt("trans_type", e))?,
+        status: row
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(|e| corrupt("status", e))?,
         query_prepared: row.try_get("query_prepared")?,
-        protocol: row.try_get::<String, _>("protocol")?.parse().map_err(|e| corrupt("protocol", e))?,
+        protocol: row
+            .try_get::<String, _>("protocol")?
+            .parse()
+            .map_err(|e| corrupt("protocol", e))?,
         custom_data: row.try_get("custom_data")?,
-        options: serde_json::from_str(&options).map_err(|e| corrupt(&format!("options of {gid}"), e))?,
+        options: serde_json::from_str(&options)
+            .map_err(|e| corrupt(&format!("options of {gid}"), e))?,
         result: row.try_get("result")?,
         rollback_reason: row.try_get("rollback_reason")?,
         create_time: Millis(row.try_get("create_time")?),
@@ -125,10 +137,16 @@ fn decode_branch(row: &AnyRow) -> Result<Branch> {
         id: row.try_get("id")?,
         gid: Gid::parse(&gid).map_err(|e| corrupt("branch gid", e))?,
         branch_id: BranchId::new(row.try_get::<String, _>("branch_id")?),
-        op: row.try_get::<String, _>("op")?.parse().map_err(|e| corrupt("op", e))?,
+        op: row
+            .try_get::<String, _>("op")?
+            .parse()
+            .map_err(|e| corrupt("op", e))?,
         url: row.try_get("url")?,
         bin_data: row.try_get("bin_data")?,
-        status: row.try_get::<String, _>("status")?.parse().map_err(|e| corrupt("branch status", e))?,
+        status: row
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(|e| corrupt("branch status", e))?,
         create_time: Millis(row.try_get("create_time")?),
         update_time: Millis(row.try_get("update_time")?),
         finish_time: row.try_get::<Option<i64>, _>("finish_time")?.map(Millis),
@@ -153,7 +171,12 @@ fn options_json(txn_options: &crate::model::TransOptions) -> Result<String> {
 }
 
 impl SqlStore {
-    async fn insert_txn(&self, tx: &mut Transaction<'static, Any>, txn: &GlobalTxn, branches: &[Branch]) -> Result<WriteOutcome> {
+    async fn insert_txn(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        txn: &GlobalTxn,
+        branches: &[Branch],
+    ) -> Result<WriteOutcome> {
         let sql = format!(
             "INSERT INTO braid_txn ({}) VALUES ({})",
             TXN_COLS.trim_start_matches("id, "),
@@ -174,7 +197,11 @@ impl SqlStore {
             .bind(txn.finish_time.map(|m| m.0))
             .bind(txn.rollback_time.map(|m| m.0))
             .bind(txn.next_cron_interval)
-            .bind(if txn.status.is_final() { None } else { txn.next_cron_time.map(|m| m.0) })
+            .bind(if txn.status.is_final() {
+                None
+            } else {
+                txn.next_cron_time.map(|m| m.0)
+            })
             .bind(txn.owner.as_str())
             .bind(1_i64)
             .bind(i64::from(txn.partition.0))
@@ -189,11 +216,18 @@ impl SqlStore {
         Ok(WriteOutcome::Applied(Version(1)))
     }
 
-    async fn insert_branches(&self, tx: &mut Transaction<'static, Any>, branches: &[Branch]) -> Result<()> {
+    async fn insert_branches(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        branches: &[Branch],
+    ) -> Result<()> {
         for chunk in branches.chunks(INSERT_CHUNK) {
             let row = format!("({})", placeholders(10));
             let values = vec![row; chunk.len()].join(", ");
-            let sql = format!("INSERT INTO braid_branch ({}) VALUES {values}", BRANCH_COLS.trim_start_matches("id, "));
+            let sql = format!(
+                "INSERT INTO braid_branch ({}) VALUES {values}",
+                BRANCH_COLS.trim_start_matches("id, ")
+            );
             let mut q = sqlx::query(&sql);
             for b in chunk {
                 q = q
@@ -213,10 +247,18 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn update_txn(&self, tx: &mut Transaction<'static, Any>, u: &TxnUpdate) -> Result<WriteOutcome> {
+    async fn update_txn(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        u: &TxnUpdate,
+    ) -> Result<WriteOutcome> {
         // A duplicate new branch makes the whole update a no-op; check before changing anything.
         if !u.new_branches.is_empty() {
-            let ids: Vec<&str> = u.new_branches.iter().map(|b| b.branch_id.as_str()).collect();
+            let ids: Vec<&str> = u
+                .new_branches
+                .iter()
+                .map(|b| b.branch_id.as_str())
+                .collect();
             let sql = format!(
                 "SELECT branch_id, op FROM braid_branch WHERE gid = ? AND branch_id IN ({})",
                 placeholders(ids.len())
@@ -228,7 +270,10 @@ impl SqlStore {
             let existing = q.fetch_all(&mut **tx).await?;
             for row in &existing {
                 let (bid, op): (String, String) = (row.try_get("branch_id")?, row.try_get("op")?);
-                if u.new_branches.iter().any(|b| b.branch_id.as_str() == bid && b.op.as_str() == op) {
+                if u.new_branches
+                    .iter()
+                    .any(|b| b.branch_id.as_str() == bid && b.op.as_str() == op)
+                {
                     return Ok(WriteOutcome::DuplicateBranch);
                 }
             }
@@ -240,7 +285,9 @@ impl SqlStore {
             sets.push("status = ?");
         }
         match final_status {
-            Some(GlobalStatus::Succeed) => sets.extend(["finish_time = ?", "next_cron_time = NULL"]),
+            Some(GlobalStatus::Succeed) => {
+                sets.extend(["finish_time = ?", "next_cron_time = NULL"])
+            }
             Some(_) => sets.extend(["rollback_time = ?", "next_cron_time = NULL"]),
             None => {
                 if matches!(u.schedule, Schedule::At { .. }) {
@@ -257,8 +304,15 @@ impl SqlStore {
         if u.options.is_some() {
             sets.push("options = ?");
         }
-        let version_cond = if u.expect_version.is_some() { " AND version = ?" } else { "" };
-        let sql = format!("UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}", sets.join(", "));
+        let version_cond = if u.expect_version.is_some() {
+            " AND version = ?"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}",
+            sets.join(", ")
+        );
         let mut q = sqlx::query(&sql).bind(u.now.0);
         if let Some(status) = u.status {
             q = q.bind(status.as_str());
@@ -301,7 +355,11 @@ impl SqlStore {
             if !time_col.is_empty() {
                 q = q.bind(u.now.0);
             }
-            q.bind(u.gid.as_str()).bind(b.branch_id.as_str()).bind(b.op.as_str()).execute(&mut **tx).await?;
+            q.bind(u.gid.as_str())
+                .bind(b.branch_id.as_str())
+                .bind(b.op.as_str())
+                .execute(&mut **tx)
+                .await?;
         }
         self.insert_branches(tx, &u.new_branches).await?;
 
@@ -312,7 +370,10 @@ impl SqlStore {
                     .bind(u.gid.as_str())
                     .fetch_one(&mut **tx)
                     .await?;
-                Version(u64::try_from(row.try_get::<i64, _>("version")?).map_err(|e| corrupt("version", e))?)
+                Version(
+                    u64::try_from(row.try_get::<i64, _>("version")?)
+                        .map_err(|e| corrupt("version", e))?,
+                )
             }
         };
         Ok(WriteOutcome::Applied(version))
@@ -340,7 +401,9 @@ impl Store for SqlStore {
 
     async fn db_now(&self) -> Result<Millis> {
         let sql = match self.dialect {
-            Dialect::Sqlite => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms",
+            Dialect::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms"
+            }
             Dialect::Mysql => "SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) AS now_ms",
         };
         let row = sqlx::query(sql).fetch_one(&self.pool).await?;
@@ -363,13 +426,19 @@ impl Store for SqlStore {
 
     async fn find_txn(&self, gid: &Gid) -> Result<Option<GlobalTxn>> {
         let sql = format!("SELECT {TXN_COLS} FROM braid_txn WHERE gid = ?");
-        let row = sqlx::query(&sql).bind(gid.as_str()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(gid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(decode_txn).transpose()
     }
 
     async fn find_branches(&self, gid: &Gid) -> Result<Vec<Branch>> {
         let sql = format!("SELECT {BRANCH_COLS} FROM braid_branch WHERE gid = ? ORDER BY id");
-        let rows = sqlx::query(&sql).bind(gid.as_str()).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(gid.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(decode_branch).collect()
     }
 
@@ -390,7 +459,10 @@ impl Store for SqlStore {
         if f.create_time_end.is_some() {
             conds.push("create_time <= ?");
         }
-        let sql = format!("SELECT {TXN_COLS} FROM braid_txn WHERE {} ORDER BY id DESC LIMIT ?", conds.join(" AND "));
+        let sql = format!(
+            "SELECT {TXN_COLS} FROM braid_txn WHERE {} ORDER BY id DESC LIMIT ?",
+            conds.join(" AND ")
+        );
         let mut q = sqlx::query(&sql);
         if let Some(id) = f.before_id {
             q = q.bind(id);
@@ -420,8 +492,14 @@ impl Store for SqlStore {
                     "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN (SELECT id FROM braid_txn \
                      WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?) RETURNING {TXN_COLS}"
                 );
-                let q = sqlx::query(&sql).bind(c.lease_until.0).bind(c.owner.as_str()).bind(c.now.0);
-                let rows = bind_partitions(q, &c.partitions).bind(i64::from(c.limit)).fetch_all(&self.pool).await?;
+                let q = sqlx::query(&sql)
+                    .bind(c.lease_until.0)
+                    .bind(c.owner.as_str())
+                    .bind(c.now.0);
+                let rows = bind_partitions(q, &c.partitions)
+                    .bind(i64::from(c.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
                 rows.iter().map(decode_txn).collect()
             }
             Dialect::Mysql => {
@@ -443,8 +521,12 @@ impl Store for SqlStore {
                     return Ok(Vec::new());
                 }
                 let in_list = placeholders(ids.len());
-                let sql = format!("UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN ({in_list})");
-                let mut q = sqlx::query(&sql).bind(c.lease_until.0).bind(c.owner.as_str());
+                let sql = format!(
+                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN ({in_list})"
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(c.lease_until.0)
+                    .bind(c.owner.as_str());
                 for id in &ids {
                     q = q.bind(*id);
                 }
@@ -467,7 +549,9 @@ impl Store for SqlStore {
                 "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE id IN \
                  (SELECT id FROM braid_txn WHERE next_cron_time > ? LIMIT ?)"
             }
-            Dialect::Mysql => "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE next_cron_time > ? LIMIT ?",
+            Dialect::Mysql => {
+                "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE next_cron_time > ? LIMIT ?"
+            }
         };
         let done = sqlx::query(sql)
             .bind(now.0)
@@ -528,7 +612,8 @@ impl Store for SqlStore {
     }
 
     async fn kv_scan(&self, cat: &str, after_id: Option<i64>, limit: u32) -> Result<Vec<KvRecord>> {
-        let sql = format!("SELECT {KV_COLS} FROM braid_kv WHERE cat = ? AND id > ? ORDER BY id LIMIT ?");
+        let sql =
+            format!("SELECT {KV_COLS} FROM braid_kv WHERE cat = ? AND id > ? ORDER BY id LIMIT ?");
         let rows = sqlx::query(&sql)
             .bind(cat)
             .bind(after_id.unwrap_or(0))
@@ -540,7 +625,11 @@ impl Store for SqlStore {
 
     async fn kv_find(&self, cat: &str, k: &str) -> Result<Option<KvRecord>> {
         let sql = format!("SELECT {KV_COLS} FROM braid_kv WHERE cat = ? AND k = ?");
-        let row = sqlx::query(&sql).bind(cat).bind(k).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(cat)
+            .bind(k)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(decode_kv).transpose()
     }
 
@@ -560,7 +649,14 @@ impl Store for SqlStore {
         }
     }
 
-    async fn kv_update(&self, cat: &str, k: &str, v: &str, expect_version: i64, now: Millis) -> Result<bool> {
+    async fn kv_update(
+        &self,
+        cat: &str,
+        k: &str,
+        v: &str,
+        expect_version: i64,
+        now: Millis,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE braid_kv SET v = ?, version = version + 1, update_time = ? WHERE cat = ? AND k = ? AND version = ?",
         )
@@ -575,7 +671,11 @@ impl Store for SqlStore {
     }
 
     async fn kv_delete(&self, cat: &str, k: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM braid_kv WHERE cat = ? AND k = ?").bind(cat).bind(k).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM braid_kv WHERE cat = ? AND k = ?")
+            .bind(cat)
+            .bind(k)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -5,15 +5,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+use sqlx::Executor;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::Executor;
 
 use super::sql::{Dialect, SqlStore};
 use super::{Error, Result};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-
 
 impl SqlStore {
     /// Opens (creating the file and its directory if needed) and migrates a SQLite database.
@@ -22,15 +21,28 @@ impl SqlStore {
         let rest = dsn.trim_start_matches("sqlite://");
         let path = rest.split('?').next().unwrap_or_default();
         if path.is_empty() {
-            return Err(Error::Config(format!("sqlite DSN '{dsn}' names no file: use sqlite://path/to/braid.db")));
+            return Err(Error::Config(format!(
+                "sqlite DSN '{dsn}' names no file: use sqlite://path/to/braid.db"
+            )));
         }
         if path != ":memory:" {
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Config(format!("cannot create directory {} for the sqlite store: {e}", dir.display())))?;
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot create directory {} for the sqlite store: {e}",
+                        dir.display()
+                    ))
+                })?;
             }
         }
-        let url = if rest.contains('?') { dsn.to_owned() } else { format!("{dsn}?mode=rwc") };
+        let url = if rest.contains('?') {
+            dsn.to_owned()
+        } else {
+            format!("{dsn}?mode=rwc")
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -44,8 +56,13 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(Error::Unavailable)?;
-        sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&pool)
+            .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqlStore { pool, dialect: Dialect::Sqlite })
+        Ok(SqlStore {
+            pool,
+            dialect: Dialect::Sqlite,
+        })
     }
 }

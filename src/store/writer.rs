@@ -36,7 +36,11 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self { max_batch: 512, max_wait: Duration::ZERO, queue: 8192 }
+        Self {
+            max_batch: 512,
+            max_wait: Duration::ZERO,
+            queue: 8192,
+        }
     }
 }
 
@@ -75,10 +79,25 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `store` and the handle that feeds it.
-    pub fn new(store: DynStore, opts: WriterOptions, metrics: Arc<Metrics>) -> (Self, WriterHandle) {
+    pub fn new(
+        store: DynStore,
+        opts: WriterOptions,
+        metrics: Arc<Metrics>,
+    ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let handle = WriterHandle { tx, metrics: metrics.clone() };
-        (Self { store, rx, opts, metrics }, handle)
+        let handle = WriterHandle {
+            tx,
+            metrics: metrics.clone(),
+        };
+        (
+            Self {
+                store,
+                rx,
+                opts,
+                metrics,
+            },
+            handle,
+        )
     }
 
     /// Commits batches until `cancel` fires (then flushes what is queued) or every handle is dropped.
@@ -124,10 +143,13 @@ impl Writer {
 
     async fn commit(&self, batch: Vec<Pending>) {
         self.metrics.store_queue_depth.sub(batch.len() as i64);
-        let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.reply)).unzip();
+        let (writes, replies): (Vec<Write>, Vec<_>) =
+            batch.into_iter().map(|p| (p.write, p.reply)).unzip();
         let started = Instant::now();
         let result = self.store.apply(&writes).await;
-        self.metrics.store_commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .store_commit_duration
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(outcomes) => {
                 self.metrics.store_commits.inc();
@@ -137,25 +159,38 @@ impl Writer {
                 }
             }
             Err(e) if writes.len() == 1 => {
-                self.metrics.store_commit_errors.with_label_values(&[e.metric_label()]).inc();
+                self.metrics
+                    .store_commit_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
                 tracing::warn!(error = %e, gid = %writes[0].gid(), "store write failed");
                 if let Some(reply) = replies.into_iter().next() {
                     let _ = reply.send(Err(e));
                 }
             }
             Err(e) => {
-                self.metrics.store_commit_errors.with_label_values(&[e.metric_label()]).inc();
+                self.metrics
+                    .store_commit_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
                 tracing::warn!(error = %e, batch = writes.len(), "batch commit failed; retrying its writes one by one");
                 for (write, reply) in writes.into_iter().zip(replies) {
                     let single = std::slice::from_ref(&write);
-                    let result = self.store.apply(single).await.map(|mut o| o.pop().unwrap_or(WriteOutcome::Conflict));
+                    let result = self
+                        .store
+                        .apply(single)
+                        .await
+                        .map(|mut o| o.pop().unwrap_or(WriteOutcome::Conflict));
                     match &result {
                         Ok(_) => {
                             self.metrics.store_commits.inc();
                             self.metrics.store_batch_size.observe(1.0);
                         }
                         Err(e) => {
-                            self.metrics.store_commit_errors.with_label_values(&[e.metric_label()]).inc();
+                            self.metrics
+                                .store_commit_errors
+                                .with_label_values(&[e.metric_label()])
+                                .inc();
                             tracing::warn!(error = %e, gid = %write.gid(), "store write failed");
                         }
                     }
