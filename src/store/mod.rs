@@ -23,6 +23,8 @@ pub mod mysql;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(test)]
+pub mod testing;
 pub mod writer;
 
 use std::sync::Arc;
