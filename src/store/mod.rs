@@ -162,11 +162,13 @@ pub struct TxnUpdate {
     pub result: Option<String>,
     /// New options (e.g. a saga's persisted `retry_count`).
     pub options: Option<TransOptions>,
-    /// When the scanner should look next (ignored when the new status is final).
+    /// When the scanner should look next. Ignored when the row's status after the write is final (a new
+    /// final status, or an update of a row that already is final): a final row is never scheduled.
     pub schedule: Schedule,
-    /// Status changes of existing branches, by (branch_id, op).
+    /// Status changes of existing branches, by (branch_id, op). One naming no stored branch changes nothing.
     pub branches: Vec<BranchUpdate>,
-    /// Branches to append. If one already exists (same gid, branch_id, op) the write is `DuplicateBranch`.
+    /// Branches to append. If one already exists (same gid, branch_id, op), or the list names one twice, the
+    /// write is `DuplicateBranch` (when the condition holds; otherwise it is `Conflict`).
     pub new_branches: Vec<Branch>,
     /// The time of the change (`update_time`).
     pub now: Millis,
@@ -285,8 +287,9 @@ pub trait Store: Send + Sync + 'static {
     /// A page of transactions, newest (highest id) first.
     async fn scan_txns(&self, filter: &ScanFilter) -> Result<Vec<GlobalTxn>>;
 
-    /// Atomically claims up to `limit` unfinished due transactions: sets their `next_cron_time` to
-    /// `lease_until` and `owner`, and returns them as stored after the claim. Two concurrent claims never
+    /// Atomically claims up to `limit` unfinished due transactions (`next_cron_time <= now`, earliest first,
+    /// in `partitions` when given): sets their `next_cron_time` to `lease_until` and `owner`, changes nothing
+    /// else, and returns them as stored after the claim (in no particular order). Two concurrent claims never
     /// return the same row. A claim does not change the version: the state-changing write of whoever
     /// processes the transaction is what the version guards.
     async fn claim_due(&self, claim: &Claim) -> Result<Vec<GlobalTxn>>;
@@ -295,10 +298,12 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` rows. Returns how many changed.
     async fn reset_cron_time(&self, after: Millis, now: Millis, limit: u32) -> Result<u64>;
 
-    /// Sets `next_cron_time = now` for one unfinished transaction. Returns whether it exists.
+    /// Sets `next_cron_time = now` for one unfinished transaction (also one that had no schedule). Returns
+    /// whether the gid exists; a final transaction exists but stays unscheduled.
     async fn reset_next_cron_time(&self, gid: &Gid, now: Millis) -> Result<bool>;
 
-    /// Deletes up to `limit` transactions (and their branches) that became final before `before`.
+    /// Deletes up to `limit` final transactions (and their branches) last updated before `before`; that is
+    /// when they became final, unless a later update touched them. Returns how many were deleted.
     async fn delete_finished(&self, before: Millis, limit: u32) -> Result<u64>;
 
     /// KV records of a category with id above `after_id`, by id, at most `limit`.

@@ -36,19 +36,12 @@ impl Dialect {
             Self::Mysql => "BEGIN",
         }
     }
+}
 
-    fn is_duplicate_key(self, err: &sqlx::Error) -> bool {
-        let sqlx::Error::Database(db) = err else {
-            return false;
-        };
-        let code = db.code();
-        match self {
-            // 2067 SQLITE_CONSTRAINT_UNIQUE, 1555 SQLITE_CONSTRAINT_PRIMARYKEY
-            Self::Sqlite => matches!(code.as_deref(), Some("2067" | "1555")),
-            // ER_DUP_ENTRY
-            Self::Mysql => matches!(code.as_deref(), Some("1062")),
-        }
-    }
+/// Whether `err` is a unique-key violation (a gid, branch or KV key that exists). Asks the driver's error
+/// kind: MySQL's `code()` is the SQLSTATE (`23000` for many constraint errors), not the error number.
+fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 const TXN_COLS: &str = "id, gid, trans_type, status, query_prepared, protocol, custom_data, options, result, \
@@ -92,39 +85,49 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("{what}: {e}"))
 }
 
+/// A text column. sqlx's `Any` driver reports MySQL `TEXT` columns as BLOB and refuses to decode them as
+/// `String`, so bytes are accepted too (and must be UTF-8).
+fn text(row: &AnyRow, col: &str) -> Result<String> {
+    match row.try_get::<String, _>(col) {
+        Ok(s) => Ok(s),
+        Err(sqlx::Error::ColumnDecode { .. }) => {
+            let bytes: Vec<u8> = row.try_get(col)?;
+            String::from_utf8(bytes).map_err(|e| corrupt(col, e))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn decode_txn(row: &AnyRow) -> Result<GlobalTxn> {
-    let gid: String = row.try_get("gid")?;
+    let gid = text(row, "gid")?;
     let gid = Gid::parse(&gid).map_err(|e| corrupt("gid", e))?;
-    let options: String = row.try_get("options")?;
+    let options = text(row, "options")?;
     let partition: i64 = row.try_get("partition_id")?;
     let version: i64 = row.try_get("version")?;
     Ok(GlobalTxn {
         id: row.try_get("id")?,
-        trans_type: row
-            .try_get::<String, _>("trans_type")?
+        trans_type: text(row, "trans_type")?
             .parse()
             .map_err(|e| corrupt("trans_type", e))?,
-        status: row
-            .try_get::<String, _>("status")?
+        status: text(row, "status")?
             .parse()
             .map_err(|e| corrupt("status", e))?,
-        query_prepared: row.try_get("query_prepared")?,
-        protocol: row
-            .try_get::<String, _>("protocol")?
+        query_prepared: text(row, "query_prepared")?,
+        protocol: text(row, "protocol")?
             .parse()
             .map_err(|e| corrupt("protocol", e))?,
-        custom_data: row.try_get("custom_data")?,
+        custom_data: text(row, "custom_data")?,
         options: serde_json::from_str(&options)
             .map_err(|e| corrupt(&format!("options of {gid}"), e))?,
-        result: row.try_get("result")?,
-        rollback_reason: row.try_get("rollback_reason")?,
+        result: text(row, "result")?,
+        rollback_reason: text(row, "rollback_reason")?,
         create_time: Millis(row.try_get("create_time")?),
         update_time: Millis(row.try_get("update_time")?),
         finish_time: row.try_get::<Option<i64>, _>("finish_time")?.map(Millis),
         rollback_time: row.try_get::<Option<i64>, _>("rollback_time")?.map(Millis),
         next_cron_interval: row.try_get("next_cron_interval")?,
         next_cron_time: row.try_get::<Option<i64>, _>("next_cron_time")?.map(Millis),
-        owner: row.try_get("owner")?,
+        owner: text(row, "owner")?,
         version: Version(u64::try_from(version).map_err(|e| corrupt("version", e))?),
         partition: Partition(u16::try_from(partition).map_err(|e| corrupt("partition_id", e))?),
         gid,
@@ -132,19 +135,15 @@ fn decode_txn(row: &AnyRow) -> Result<GlobalTxn> {
 }
 
 fn decode_branch(row: &AnyRow) -> Result<Branch> {
-    let gid: String = row.try_get("gid")?;
+    let gid = text(row, "gid")?;
     Ok(Branch {
         id: row.try_get("id")?,
         gid: Gid::parse(&gid).map_err(|e| corrupt("branch gid", e))?,
-        branch_id: BranchId::new(row.try_get::<String, _>("branch_id")?),
-        op: row
-            .try_get::<String, _>("op")?
-            .parse()
-            .map_err(|e| corrupt("op", e))?,
-        url: row.try_get("url")?,
+        branch_id: BranchId::new(text(row, "branch_id")?),
+        op: text(row, "op")?.parse().map_err(|e| corrupt("op", e))?,
+        url: text(row, "url")?,
         bin_data: row.try_get("bin_data")?,
-        status: row
-            .try_get::<String, _>("status")?
+        status: text(row, "status")?
             .parse()
             .map_err(|e| corrupt("branch status", e))?,
         create_time: Millis(row.try_get("create_time")?),
@@ -157,9 +156,9 @@ fn decode_branch(row: &AnyRow) -> Result<Branch> {
 fn decode_kv(row: &AnyRow) -> Result<KvRecord> {
     Ok(KvRecord {
         id: row.try_get("id")?,
-        cat: row.try_get("cat")?,
-        k: row.try_get("k")?,
-        v: row.try_get("v")?,
+        cat: text(row, "cat")?,
+        k: text(row, "k")?,
+        v: text(row, "v")?,
         version: row.try_get("version")?,
         create_time: Millis(row.try_get("create_time")?),
         update_time: Millis(row.try_get("update_time")?),
@@ -209,7 +208,7 @@ impl SqlStore {
             .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if self.dialect.is_duplicate_key(&e) => return Ok(WriteOutcome::Conflict),
+            Err(e) if is_duplicate_key(&e) => return Ok(WriteOutcome::Conflict),
             Err(e) => return Err(e.into()),
         }
         self.insert_branches(tx, branches).await?;
@@ -220,7 +219,7 @@ impl SqlStore {
         &self,
         tx: &mut Transaction<'static, Any>,
         branches: &[Branch],
-    ) -> Result<()> {
+    ) -> Result<(), sqlx::Error> {
         for chunk in branches.chunks(INSERT_CHUNK) {
             let row = format!("({})", placeholders(10));
             let values = vec![row; chunk.len()].join(", ");
@@ -247,53 +246,73 @@ impl SqlStore {
         Ok(())
     }
 
+    /// One conditional update inside the batch's transaction.
+    ///
+    /// The compare-and-set `UPDATE` of the row runs first, so a failed condition is `Conflict` whatever else
+    /// the write carries; on MySQL it also locks the row, which serializes concurrent writers of one gid. New
+    /// branches are then inserted and the unique key `(gid, branch_id, op)` decides duplicates (a `SELECT`
+    /// check could read a stale snapshot under MySQL's repeatable read). The write runs under a savepoint, so
+    /// a duplicate undoes all of it (`DuplicateBranch`) and leaves the rest of the batch alone.
     async fn update_txn(
         &self,
         tx: &mut Transaction<'static, Any>,
         u: &TxnUpdate,
     ) -> Result<WriteOutcome> {
-        // A duplicate new branch makes the whole update a no-op; check before changing anything.
-        if !u.new_branches.is_empty() {
-            let ids: Vec<&str> = u
-                .new_branches
-                .iter()
-                .map(|b| b.branch_id.as_str())
-                .collect();
-            let sql = format!(
-                "SELECT branch_id, op FROM braid_branch WHERE gid = ? AND branch_id IN ({})",
-                placeholders(ids.len())
-            );
-            let mut q = sqlx::query(&sql).bind(u.gid.as_str());
-            for id in &ids {
-                q = q.bind(*id);
-            }
-            let existing = q.fetch_all(&mut **tx).await?;
-            for row in &existing {
-                let (bid, op): (String, String) = (row.try_get("branch_id")?, row.try_get("op")?);
-                if u.new_branches
-                    .iter()
-                    .any(|b| b.branch_id.as_str() == bid && b.op.as_str() == op)
-                {
-                    return Ok(WriteOutcome::DuplicateBranch);
-                }
-            }
+        if u.new_branches.is_empty() {
+            return self.update_row_and_branches(tx, u).await;
         }
+        sqlx::query("SAVEPOINT braid_write")
+            .execute(&mut **tx)
+            .await?;
+        let outcome = match self.update_row_and_branches(tx, u).await? {
+            WriteOutcome::Applied(version) => match self.insert_branches(tx, &u.new_branches).await
+            {
+                Ok(()) => WriteOutcome::Applied(version),
+                Err(e) if is_duplicate_key(&e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
+                        .execute(&mut **tx)
+                        .await?;
+                    WriteOutcome::DuplicateBranch
+                }
+                Err(e) => return Err(e.into()),
+            },
+            unchanged @ (WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => unchanged,
+        };
+        sqlx::query("RELEASE SAVEPOINT braid_write")
+            .execute(&mut **tx)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// The compare-and-set of the row and the status changes of existing branches (not the new branches).
+    async fn update_row_and_branches(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        u: &TxnUpdate,
+    ) -> Result<WriteOutcome> {
+        // The status the row has after this write: when it is final, the row is never scheduled (also for an
+        // update of a row that already was final).
+        let resulting = u.status.unwrap_or(u.expect_status);
+        let final_time_col = match u.status {
+            Some(GlobalStatus::Succeed) => Some("finish_time = ?"),
+            Some(GlobalStatus::Failed) => Some("rollback_time = ?"),
+            Some(GlobalStatus::Prepared | GlobalStatus::Submitted | GlobalStatus::Aborting)
+            | None => None,
+        };
+        let schedule = match u.schedule {
+            Schedule::At { interval, at } if !resulting.is_final() => Some((interval, at)),
+            Schedule::At { .. } | Schedule::Keep => None,
+        };
 
         let mut sets = vec!["version = version + 1", "update_time = ?"];
-        let final_status = u.status.filter(|s| s.is_final());
         if u.status.is_some() {
             sets.push("status = ?");
         }
-        match final_status {
-            Some(GlobalStatus::Succeed) => {
-                sets.extend(["finish_time = ?", "next_cron_time = NULL"])
-            }
-            Some(_) => sets.extend(["rollback_time = ?", "next_cron_time = NULL"]),
-            None => {
-                if matches!(u.schedule, Schedule::At { .. }) {
-                    sets.extend(["next_cron_interval = ?", "next_cron_time = ?"]);
-                }
-            }
+        sets.extend(final_time_col);
+        if resulting.is_final() {
+            sets.push("next_cron_time = NULL");
+        } else if schedule.is_some() {
+            sets.extend(["next_cron_interval = ?", "next_cron_time = ?"]);
         }
         if u.rollback_reason.is_some() {
             sets.push("rollback_reason = ?");
@@ -317,13 +336,11 @@ impl SqlStore {
         if let Some(status) = u.status {
             q = q.bind(status.as_str());
         }
-        match final_status {
-            Some(_) => q = q.bind(u.now.0),
-            None => {
-                if let Schedule::At { interval, at } = u.schedule {
-                    q = q.bind(interval).bind(at.0);
-                }
-            }
+        if final_time_col.is_some() {
+            q = q.bind(u.now.0);
+        }
+        if let Some((interval, at)) = schedule {
+            q = q.bind(interval).bind(at.0);
         }
         if let Some(reason) = &u.rollback_reason {
             q = q.bind(reason.as_str());
@@ -336,7 +353,10 @@ impl SqlStore {
         }
         q = q.bind(u.gid.as_str()).bind(u.expect_status.as_str());
         if let Some(v) = u.expect_version {
-            q = q.bind(v.0 as i64);
+            q = q.bind(
+                i64::try_from(v.0)
+                    .map_err(|e| corrupt(&format!("expected version of {}", u.gid), e))?,
+            );
         }
         if q.execute(&mut **tx).await?.rows_affected() == 0 {
             return Ok(WriteOutcome::Conflict);
@@ -361,7 +381,6 @@ impl SqlStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        self.insert_branches(tx, &u.new_branches).await?;
 
         let version = match u.expect_version {
             Some(v) => Version(v.0 + 1),
@@ -564,22 +583,25 @@ impl Store for SqlStore {
     }
 
     async fn reset_next_cron_time(&self, gid: &Gid, now: Millis) -> Result<bool> {
-        let found = sqlx::query("SELECT id FROM braid_txn WHERE gid = ?")
-            .bind(gid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        if found.is_none() {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE gid = ? AND next_cron_time IS NOT NULL",
+        // Unfinished by status, not by `next_cron_time IS NOT NULL`: an unfinished row without a schedule is
+        // scheduled too, and a final row never is.
+        let done = sqlx::query(
+            "UPDATE braid_txn SET next_cron_time = ?, update_time = ? \
+             WHERE gid = ? AND status NOT IN ('succeed', 'failed')",
         )
         .bind(now.0)
         .bind(now.0)
         .bind(gid.as_str())
         .execute(&self.pool)
         .await?;
-        Ok(true)
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let found = sqlx::query("SELECT id FROM braid_txn WHERE gid = ?")
+            .bind(gid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn delete_finished(&self, before: Millis, limit: u32) -> Result<u64> {
@@ -592,7 +614,7 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| r.try_get("gid"))
+        .map(|r| text(r, "gid"))
         .collect::<Result<_, _>>()?;
         if gids.is_empty() {
             tx.commit().await?;
@@ -644,7 +666,7 @@ impl Store for SqlStore {
             .await;
         match done {
             Ok(_) => Ok(true),
-            Err(e) if self.dialect.is_duplicate_key(&e) => Ok(false),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
