@@ -87,35 +87,27 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => Self::Unavailable(e),
-            sqlx::Error::Database(db) if is_transient_db_error(db.code().as_deref()) => {
-                Self::Unavailable(e)
-            }
+            sqlx::Error::Database(db) if is_transient_db_error(db.as_ref()) => Self::Unavailable(e),
             _ => Self::Query(e),
         }
     }
 }
 
 /// Deadlocks, lock wait timeouts, busy databases and server shutdowns: worth retrying.
-fn is_transient_db_error(code: Option<&str>) -> bool {
-    // MySQL: 1205 lock wait timeout, 1213 deadlock, 1040 too many connections, 2006/2013 gone away, 1927/1053 shutdown.
-    // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes, which end in the base code's value mod 256).
-    matches!(
-        code,
-        Some(
-            "1205"
-                | "1213"
-                | "1040"
-                | "2006"
-                | "2013"
-                | "1927"
-                | "1053"
-                | "5"
-                | "6"
-                | "261"
-                | "517"
-                | "262"
-        )
-    )
+fn is_transient_db_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // A MySQL error's `code()` is its SQLSTATE (`HY000` for most); the error number says what happened.
+        // 1205 lock wait timeout, 1213 deadlock, 1040 too many connections, 1053 server shutdown,
+        // 1927 connection killed (MariaDB), 4031 disconnected for inactivity. Lost connections (client errors
+        // 2006/2013) reach us as I/O errors.
+        return matches!(my.number(), 1205 | 1213 | 1040 | 1053 | 1927 | 4031);
+    }
+    // SQLite reports extended result codes, whose low byte is the primary code: 5 SQLITE_BUSY (and
+    // BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT), 6 SQLITE_LOCKED (and LOCKED_SHAREDCACHE, ...).
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// `pub type Result` of the store layer.
