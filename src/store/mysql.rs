@@ -85,4 +85,55 @@ mod tests {
         assert!(split_database("mysql://root@127.0.0.1:3306").is_err());
         assert!(split_database("mysql://root@127.0.0.1:3306/").is_err());
     }
+
+    /// A deadlock is a lost race worth retrying (store::Error::Unavailable); a duplicate key is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlocks_are_retryable_and_duplicates_are_not() {
+        let db = crate::store::testing::mysql_store().await;
+        let now = crate::model::Millis(1);
+        assert!(db.store.kv_create("t", "a", "0", now).await.unwrap());
+        assert!(db.store.kv_create("t", "b", "0", now).await.unwrap());
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&db.dsn)
+            .await
+            .unwrap();
+
+        let dup = sqlx::query("INSERT INTO braid_kv (cat, k, v, create_time, update_time) VALUES ('t', 'a', '', 1, 1)")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        let dup = Error::from(dup);
+        assert!(
+            matches!(dup, Error::Query(_)) && !dup.is_retryable(),
+            "{dup:?}"
+        );
+
+        // Each transaction locks one row, then wants the other's: InnoDB picks a victim at once.
+        let mut a = pool.begin().await.unwrap();
+        let mut b = pool.begin().await.unwrap();
+        let lock = "UPDATE braid_kv SET v = '1' WHERE cat = 't' AND k = ?";
+        sqlx::query(lock).bind("a").execute(&mut *a).await.unwrap();
+        sqlx::query(lock).bind("b").execute(&mut *b).await.unwrap();
+        let (ra, rb) = tokio::join!(
+            sqlx::query(lock).bind("b").execute(&mut *a),
+            sqlx::query(lock).bind("a").execute(&mut *b),
+        );
+        let errors: Vec<Error> = [ra.err(), rb.err()]
+            .into_iter()
+            .flatten()
+            .map(Error::from)
+            .collect();
+        assert_eq!(errors.len(), 1, "exactly one deadlock victim: {errors:?}");
+        assert!(
+            matches!(errors[0], Error::Unavailable(_)),
+            "{:?}",
+            errors[0]
+        );
+        assert!(errors[0].is_retryable());
+        assert_eq!(errors[0].metric_label(), "unavailable");
+        drop((a, b));
+        pool.close().await;
+        db.finish().await;
+    }
 }

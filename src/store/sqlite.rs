@@ -66,3 +66,39 @@ impl SqlStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{AnyConnection, Connection};
+
+    use super::*;
+
+    /// A database busy with another writer is worth retrying (store::Error::Unavailable).
+    #[tokio::test]
+    async fn busy_database_is_retryable() {
+        let db = crate::store::testing::sqlite_store().await;
+        let mut holder = AnyConnection::connect(&db.dsn).await.unwrap();
+        let mut other = AnyConnection::connect(&db.dsn).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let busy = Error::from(busy);
+        assert!(matches!(busy, Error::Unavailable(_)), "{busy:?}");
+        assert!(busy.is_retryable());
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        holder.close().await.unwrap();
+        other.close().await.unwrap();
+        db.finish().await;
+    }
+}
