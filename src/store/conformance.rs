@@ -1354,7 +1354,7 @@ macro_rules! conformance {
                 check_scan_txns,
                 check_db_now,
             );
-            conformance!(@db $fresh;
+            $crate::store::testing::db_tests!($fresh;
                 check_reopen_is_idempotent,
             );
         }
@@ -1365,16 +1365,6 @@ macro_rules! conformance {
             async fn $check() {
                 let db = $fresh().await;
                 super::$check(&db.store).await;
-                db.finish().await;
-            }
-        )+
-    };
-    (@db $fresh:path; $($check:ident),+ $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $check() {
-                let db = $fresh().await;
-                super::$check(&db).await;
                 db.finish().await;
             }
         )+

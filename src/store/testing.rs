@@ -170,3 +170,20 @@ pub fn branch(raw_gid: &str, id: &str, op: Op) -> Branch {
         T0,
     )
 }
+
+/// Stamps out one `#[tokio::test]` per check, each on a fresh database from `$fresh` that a passing test drops:
+/// `db_tests!(crate::store::testing::sqlite_store; check_a, check_b)` inside a module whose parent defines
+/// `async fn check_a(db: &TestDb)`. Use it once per backend, each in its own module.
+macro_rules! db_tests {
+    ($fresh:path; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let db = $fresh().await;
+                super::$check(&db).await;
+                db.finish().await;
+            }
+        )+
+    };
+}
+pub(crate) use db_tests;

@@ -103,10 +103,12 @@ impl Writer {
     /// Commits batches until `cancel` fires (then flushes what is queued) or every handle is dropped.
     pub async fn run(mut self, cancel: CancellationToken) {
         loop {
+            // Cancellation first: under a steady stream of writes a receive-first select would never see it.
+            // Whatever is queued at that point is committed by the flush below.
             let first = tokio::select! {
                 biased;
-                p = self.rx.recv() => p,
                 () = cancel.cancelled() => None,
+                p = self.rx.recv() => p,
             };
             let Some(first) = first else { break };
             let batch = self.collect(first).await;
@@ -199,4 +201,252 @@ impl Writer {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use tokio::task::JoinSet;
+
+    use super::*;
+    use crate::model::{Op, Version};
+    use crate::store::testing::{T0, TestDb, branch, gid, txn};
+    use crate::store::{ScanFilter, TxnUpdate};
+
+    impl WriterHandle {
+        /// Writes in the queue (sent, or with a slot reserved), not yet taken by the writer.
+        fn queued(&self) -> usize {
+            self.tx.max_capacity() - self.tx.capacity()
+        }
+    }
+
+    fn insert(g: &str) -> Write {
+        Write::Insert {
+            txn: txn(g),
+            branches: vec![branch(g, "01", Op::Action)],
+        }
+    }
+
+    type Answers = BTreeMap<String, Result<WriteOutcome>>;
+
+    /// Starts one task per write, each calling `handle.write`, and returns once all of them are queued. A
+    /// writer started afterwards finds them all waiting, so batching does not depend on timing.
+    async fn queue_all(
+        handle: &WriterHandle,
+        writes: Vec<Write>,
+    ) -> JoinSet<(String, Result<WriteOutcome>)> {
+        let n = writes.len();
+        let mut tasks = JoinSet::new();
+        for w in writes {
+            let h = handle.clone();
+            tasks.spawn(async move { (w.gid().to_string(), h.write(w).await) });
+        }
+        while handle.queued() < n {
+            tokio::task::yield_now().await;
+        }
+        tasks
+    }
+
+    async fn answers(mut tasks: JoinSet<(String, Result<WriteOutcome>)>) -> Answers {
+        let mut out = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (g, answer) = joined.unwrap();
+            assert!(
+                out.insert(g.clone(), answer).is_none(),
+                "{g} answered twice"
+            );
+        }
+        out
+    }
+
+    async fn stored_gids(db: &TestDb) -> BTreeSet<String> {
+        let all = db
+            .store
+            .scan_txns(&ScanFilter {
+                limit: 10_000,
+                ..ScanFilter::default()
+            })
+            .await
+            .unwrap();
+        all.into_iter().map(|t| t.gid.to_string()).collect()
+    }
+
+    /// 200 concurrent writers all get `Applied` after their row is stored, in far fewer commits than writes.
+    async fn check_batches_concurrent_writes(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            max_batch: 64,
+            ..WriterOptions::default()
+        };
+        let (writer, handle) = Writer::new(db.store.clone(), opts, metrics.clone());
+        let names: Vec<String> = (0..200).map(|i| format!("gc-{i:03}")).collect();
+        let tasks = queue_all(&handle, names.iter().map(|g| insert(g)).collect()).await;
+        assert_eq!(metrics.store_queue_depth.get(), 200);
+
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(writer.run(cancel.clone()));
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 200);
+        for (g, answer) in &answers {
+            assert_eq!(
+                *answer.as_ref().unwrap(),
+                WriteOutcome::Applied(Version(1)),
+                "{g}"
+            );
+        }
+
+        let commits = metrics.store_commits.get();
+        assert!(
+            (4..200).contains(&commits),
+            "200 writes in batches of at most 64: {commits} commits"
+        );
+        assert_eq!(metrics.store_batch_size.get_sample_count(), commits);
+        assert_eq!(metrics.store_batch_size.get_sample_sum(), 200.0);
+        assert_eq!(metrics.store_queue_depth.get(), 0);
+        assert_eq!(
+            stored_gids(db).await,
+            names.iter().cloned().collect::<BTreeSet<_>>()
+        );
+        for g in &names {
+            assert_eq!(
+                db.store.find_branches(&gid(g)).await.unwrap().len(),
+                1,
+                "branch of {g}"
+            );
+        }
+
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
+    /// A write that fails fails alone: the batch is retried write by write, and its neighbours (including a
+    /// mere `Conflict`) get their own outcomes.
+    async fn check_bad_write_does_not_fail_neighbours(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) =
+            Writer::new(db.store.clone(), WriterOptions::default(), metrics.clone());
+        // The same branch twice violates the branch unique key: an error, which fails the whole batch.
+        let bad = Write::Insert {
+            txn: txn("gc-bad"),
+            branches: vec![
+                branch("gc-bad", "01", Op::Action),
+                branch("gc-bad", "01", Op::Action),
+            ],
+        };
+        let missing = Write::Update(TxnUpdate::of(&txn("gc-missing"), T0));
+        let tasks = queue_all(&handle, vec![insert("gc-a"), bad, insert("gc-b"), missing]).await;
+
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(writer.run(cancel.clone()));
+        let answers = answers(tasks).await;
+        assert_eq!(
+            answers["gc-a"].as_ref().unwrap(),
+            &WriteOutcome::Applied(Version(1))
+        );
+        assert_eq!(
+            answers["gc-b"].as_ref().unwrap(),
+            &WriteOutcome::Applied(Version(1))
+        );
+        assert_eq!(
+            answers["gc-missing"].as_ref().unwrap(),
+            &WriteOutcome::Conflict
+        );
+        let err = answers["gc-bad"].as_ref().unwrap_err();
+        assert!(
+            matches!(err, Error::Query(_)) && !err.is_retryable(),
+            "{err:?}"
+        );
+
+        // One failed batch, then a commit for each good write and one more failure for the bad one.
+        assert_eq!(metrics.store_commits.get(), 3);
+        assert_eq!(
+            metrics
+                .store_commit_errors
+                .with_label_values(&["query"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            stored_gids(db).await,
+            BTreeSet::from(["gc-a".to_owned(), "gc-b".to_owned()])
+        );
+        assert_eq!(
+            db.store.find_branches(&gid("gc-bad")).await.unwrap(),
+            Vec::new()
+        );
+
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
+    /// On cancel the writer commits what is queued, answers every waiter, and later writes are refused.
+    async fn check_cancel_flushes_then_refuses(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) =
+            Writer::new(db.store.clone(), WriterOptions::default(), metrics.clone());
+        let names: Vec<String> = (0..20).map(|i| format!("gc-q{i:02}")).collect();
+        let tasks = queue_all(&handle, names.iter().map(|g| insert(g)).collect()).await;
+
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        // Cancelled before it starts: it only flushes the queue, then returns.
+        writer.run(cancel).await;
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 20);
+        assert!(
+            answers
+                .values()
+                .all(|a| matches!(a, Ok(WriteOutcome::Applied(Version(1))))),
+            "{answers:?}"
+        );
+        assert_eq!(
+            stored_gids(db).await,
+            names.iter().cloned().collect::<BTreeSet<_>>()
+        );
+
+        let late = handle.write(insert("gc-late")).await;
+        assert!(matches!(late, Err(Error::WriterStopped)), "{late:?}");
+        assert!(late.is_err_and(|e| e.is_retryable()));
+        assert_eq!(db.store.find_txn(&gid("gc-late")).await.unwrap(), None);
+        assert_eq!(metrics.store_queue_depth.get(), 0);
+    }
+
+    /// Without a cancel, the writer runs until every handle is gone, and answers everything queued.
+    async fn check_stops_when_handles_drop(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) = Writer::new(db.store.clone(), WriterOptions::default(), metrics);
+        let tasks = queue_all(&handle, vec![insert("gc-d1"), insert("gc-d2")]).await;
+        drop(handle);
+        writer.run(CancellationToken::new()).await;
+        let answers = answers(tasks).await;
+        assert!(
+            answers
+                .values()
+                .all(|a| matches!(a, Ok(WriteOutcome::Applied(Version(1))))),
+            "{answers:?}"
+        );
+        assert_eq!(
+            stored_gids(db).await,
+            BTreeSet::from(["gc-d1".to_owned(), "gc-d2".to_owned()])
+        );
+    }
+
+    macro_rules! writer_tests {
+        ($backend:ident, $fresh:path) => {
+            mod $backend {
+                crate::store::testing::db_tests!($fresh;
+                    check_batches_concurrent_writes,
+                    check_bad_write_does_not_fail_neighbours,
+                    check_cancel_flushes_then_refuses,
+                    check_stops_when_handles_drop,
+                );
+            }
+        };
+    }
+
+    #[cfg(feature = "sqlite")]
+    writer_tests!(sqlite, crate::store::testing::sqlite_store);
+    #[cfg(feature = "mysql")]
+    writer_tests!(mysql, crate::store::testing::mysql_store);
 }
