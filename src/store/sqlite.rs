@@ -25,18 +25,17 @@ impl SqlStore {
                 "sqlite DSN '{dsn}' names no file: use sqlite://path/to/braid.db"
             )));
         }
-        if path != ":memory:" {
-            if let Some(dir) = Path::new(path)
+        if path != ":memory:"
+            && let Some(dir) = Path::new(path)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::Config(format!(
-                        "cannot create directory {} for the sqlite store: {e}",
-                        dir.display()
-                    ))
-                })?;
-            }
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create directory {} for the sqlite store: {e}",
+                    dir.display()
+                ))
+            })?;
         }
         let url = if rest.contains('?') {
             dsn.to_owned()
