@@ -1337,6 +1337,19 @@ pub async fn check_reopen_is_idempotent(db: &TestDb) {
 macro_rules! conformance {
     ($backend:ident, $fresh:path) => {
         mod $backend {
+            conformance!(@store_checks $fresh);
+            $crate::store::testing::db_tests!($fresh;
+                check_reopen_is_idempotent,
+            );
+        }
+    };
+    // A database that cannot be opened twice (in memory): the checks on one store only.
+    ($backend:ident, $fresh:path, single_open) => {
+        mod $backend {
+            conformance!(@store_checks $fresh);
+        }
+    };
+    (@store_checks $fresh:path) => {
             conformance!(@store $fresh;
                 check_insert_round_trip,
                 check_insert_existing_gid_conflicts,
@@ -1354,10 +1367,6 @@ macro_rules! conformance {
                 check_scan_txns,
                 check_db_now,
             );
-            $crate::store::testing::db_tests!($fresh;
-                check_reopen_is_idempotent,
-            );
-        }
     };
     (@store $fresh:path; $($check:ident),+ $(,)?) => {
         $(
@@ -1373,5 +1382,11 @@ macro_rules! conformance {
 
 #[cfg(feature = "sqlite")]
 conformance!(sqlite, crate::store::testing::sqlite_store);
+#[cfg(feature = "sqlite")]
+conformance!(
+    sqlite_memory,
+    crate::store::testing::sqlite_memory_store,
+    single_open
+);
 #[cfg(feature = "mysql")]
 conformance!(mysql, crate::store::testing::mysql_store);

@@ -33,6 +33,8 @@ pub struct TestDb {
 }
 
 enum Cleanup {
+    /// An in-memory database: nothing outlives the store.
+    Nothing,
     /// A directory holding the SQLite file and its WAL.
     Dir(PathBuf),
     /// A database on a MySQL server (`server` has no database part).
@@ -55,6 +57,19 @@ pub async fn sqlite_store() -> TestDb {
         store,
         dsn,
         cleanup: Cleanup::Dir(dir),
+    }
+}
+
+/// A store on a private in-memory SQLite database (`sqlite://:memory:`), gone when the store is dropped.
+pub async fn sqlite_memory_store() -> TestDb {
+    let dsn = "sqlite://:memory:".to_owned();
+    let store = open(&dsn)
+        .await
+        .unwrap_or_else(|e| panic!("open test store {dsn}: {e}"));
+    TestDb {
+        store,
+        dsn,
+        cleanup: Cleanup::Nothing,
     }
 }
 
@@ -92,6 +107,7 @@ impl TestDb {
         let Self { store, cleanup, .. } = self;
         drop(store);
         match cleanup {
+            Cleanup::Nothing => {}
             Cleanup::Dir(dir) => {
                 std::fs::remove_dir_all(&dir)
                     .unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
