@@ -60,11 +60,11 @@ impl WriterHandle {
     /// Queues `write` and waits until the batch holding it has committed.
     pub async fn write(&self, write: Write) -> Result<WriteOutcome> {
         let (reply, rx) = oneshot::channel();
+        // Reserve first and count after: a caller that gives up while the queue is full leaves no count
+        // behind, and the count is up before the writer can take (and uncount) the write.
+        let permit = self.tx.reserve().await.map_err(|_| Error::WriterStopped)?;
         self.metrics.store_queue_depth.inc();
-        if self.tx.send(Pending { write, reply }).await.is_err() {
-            self.metrics.store_queue_depth.dec();
-            return Err(Error::WriterStopped);
-        }
+        permit.send(Pending { write, reply });
         rx.await.unwrap_or(Err(Error::WriterStopped))
     }
 }
@@ -242,7 +242,7 @@ mod tests {
             let h = handle.clone();
             tasks.spawn(async move { (w.gid().to_string(), h.write(w).await) });
         }
-        while handle.queued() < n {
+        while handle.queued() < n || handle.metrics.store_queue_depth.get() < n as i64 {
             tokio::task::yield_now().await;
         }
         tasks
@@ -430,6 +430,33 @@ mod tests {
             stored_gids(db).await,
             BTreeSet::from(["gc-d1".to_owned(), "gc-d2".to_owned()])
         );
+    }
+
+    /// A caller that gives up while the queue is full leaves the queue-depth gauge as it was.
+    #[tokio::test]
+    async fn abandoned_write_leaves_no_queue_depth() {
+        let store = crate::store::testing::sqlite_memory_store().await;
+        // The store is never used (no writer runs), so the clock can stand still.
+        tokio::time::pause();
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            queue: 1,
+            ..WriterOptions::default()
+        };
+        let (_writer, handle) = Writer::new(store.store.clone(), opts, metrics.clone());
+        let queued = tokio::spawn({
+            let h = handle.clone();
+            async move { h.write(insert("gc-first")).await }
+        });
+        while handle.queued() < 1 || metrics.store_queue_depth.get() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The queue is full and the writer is not running: this write waits for room, then gives up.
+        let waited =
+            tokio::time::timeout(Duration::from_secs(1), handle.write(insert("gc-second"))).await;
+        assert!(waited.is_err(), "the second write cannot be queued");
+        assert_eq!(metrics.store_queue_depth.get(), 1);
+        queued.abort();
     }
 
     macro_rules! writer_tests {
