@@ -1278,6 +1278,69 @@ pub async fn check_scan_txns(s: &DynStore) {
     assert_eq!(gids(&scan(page).await), vec!["s3"]);
 }
 
+/// Large values (payloads, results, topic lists) round-trip exactly; a value longer than a bounded column
+/// (URLs, owner, KV key) is refused with `Error::Query` or stored exactly, never truncated.
+pub async fn check_large_values_are_never_truncated(s: &DynStore) {
+    let big_json = format!(r#"{{"data":"{}"}}"#, "é".repeat(100_000)); // 200 kB of UTF-8
+    let big_bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let t = GlobalTxn {
+        custom_data: big_json.clone(),
+        result: "Q".repeat(300_000),
+        rollback_reason: "r".repeat(70_000),
+        ..txn("large")
+    };
+    let mut b = branch("large", "01", Op::Action);
+    b.bin_data = big_bytes;
+    let stored = seed(s, t.clone(), vec![b.clone()]).await;
+    assert_eq!(stored, GlobalTxn { id: stored.id, ..t });
+    let branches = s.find_branches(&stored.gid).await.unwrap();
+    assert_eq!(
+        branches,
+        vec![Branch {
+            id: branches[0].id,
+            ..b
+        }]
+    );
+    assert!(s.kv_create("topics", "large", &big_json, T0).await.unwrap());
+    assert_eq!(
+        s.kv_find("topics", "large").await.unwrap().unwrap().v,
+        big_json
+    );
+
+    // Bounded columns: an error that stores nothing, or the exact value.
+    let long_url = format!("http://svc/{}", "u".repeat(2_000));
+    let t = GlobalTxn {
+        query_prepared: long_url.clone(),
+        ..txn("long-url")
+    };
+    let mut b = branch("long-url", "01", Op::Action);
+    b.url = long_url;
+    match s.apply(&[insert(t.clone(), vec![b.clone()])]).await {
+        Err(e) => {
+            assert!(matches!(e, super::Error::Query(_)), "{e:?}");
+            assert_eq!(s.find_txn(&t.gid).await.unwrap(), None);
+            assert_eq!(s.find_branches(&t.gid).await.unwrap(), Vec::new());
+        }
+        Ok(outcomes) => {
+            assert_eq!(outcomes, vec![WriteOutcome::Applied(Version(1))]);
+            let stored = get(s, &t.gid).await;
+            assert_eq!(stored, GlobalTxn { id: stored.id, ..t });
+            assert_eq!(s.find_branches(&stored.gid).await.unwrap()[0].url, b.url);
+        }
+    }
+    let key = "k".repeat(300);
+    match s.kv_create("topics", &key, "v", T0).await {
+        Err(e) => {
+            assert!(matches!(e, super::Error::Query(_)), "{e:?}");
+            assert_eq!(s.kv_scan("topics", None, 10).await.unwrap().len(), 1);
+        }
+        Ok(created) => {
+            assert!(created);
+            assert_eq!(s.kv_find("topics", &key).await.unwrap().unwrap().k, key);
+        }
+    }
+}
+
 /// `db_now` reads the database's clock, which is close to this host's; `ping` answers.
 pub async fn check_db_now(s: &DynStore) {
     s.ping().await.unwrap();
@@ -1365,6 +1428,7 @@ macro_rules! conformance {
                 check_delete_finished,
                 check_kv,
                 check_scan_txns,
+                check_large_values_are_never_truncated,
                 check_db_now,
             );
     };

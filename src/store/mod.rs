@@ -10,6 +10,10 @@
 //! - **Inserts are conditional.** [`Write::Insert`] of an existing gid is a `Conflict` and changes nothing.
 //! - **Final transactions are never scheduled.** A row whose status becomes `succeed` or `failed` gets
 //!   `next_cron_time = NULL`, so the recovery scan never sees it again.
+//! - **Nothing is truncated.** Payloads (`custom_data`, `options`, `result`, `rollback_reason`, `bin_data`, KV
+//!   values) hold at least 16 MiB on every backend. A value longer than a bounded column (MySQL: URLs and
+//!   `query_prepared` 1024, `owner` and KV keys 128, categories 64 characters) is refused with
+//!   [`Error::Query`], never cut short.
 //! - **One clock.** Times come from the store's [`clock::StoreClock`], anchored to the database's clock, not
 //!   from each host's wall clock.
 //!
