@@ -594,6 +594,95 @@ pub async fn check_new_branches_and_duplicates(s: &DynStore) {
     assert_eq!(s.find_branches(&t.gid).await.unwrap().len(), 4);
 }
 
+/// Concurrent compare-and-sets on one row: exactly one of the same-version updates wins; status-only
+/// updates all apply, each with its own version; one new branch registered concurrently is added once.
+pub async fn check_concurrent_updates(s: &DynStore) {
+    const WRITERS: usize = 8;
+    let t = seed(s, txn("race"), Vec::new()).await;
+
+    let run = |make: Box<dyn Fn(usize) -> TxnUpdate + Send + Sync>| {
+        let make = std::sync::Arc::new(make);
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..WRITERS {
+                let (s, make) = (s.clone(), make.clone());
+                tasks.spawn(
+                    async move { (i, s.apply(&[Write::Update(make(i))]).await.unwrap()[0]) },
+                );
+            }
+            let mut outcomes = tasks.join_all().await;
+            outcomes.sort_by_key(|(i, _)| *i);
+            outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>()
+        }
+    };
+
+    // Same expected version: one winner.
+    let base = t.clone();
+    let outcomes = run(Box::new(move |i| {
+        let mut u = TxnUpdate::of(&base, at(1));
+        u.result = Some(format!("writer-{i}"));
+        u
+    }))
+    .await;
+    let winners: Vec<usize> = (0..WRITERS)
+        .filter(|i| outcomes[*i] == WriteOutcome::Applied(Version(2)))
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == WriteOutcome::Conflict)
+            .count(),
+        WRITERS - 1,
+        "{outcomes:?}"
+    );
+    let after = get(s, &t.gid).await;
+    assert_eq!(
+        (after.version, after.result),
+        (Version(2), format!("writer-{}", winners[0]))
+    );
+
+    // Status only, each with a different new branch: all apply, one after the other.
+    let outcomes = run(Box::new(|i| {
+        let mut u = TxnUpdate::of(&txn("race"), at(2));
+        u.expect_version = None;
+        u.new_branches = vec![branch("race", &format!("{:02}", i + 1), Op::Action)];
+        u
+    }))
+    .await;
+    let mut versions: Vec<u64> = outcomes
+        .iter()
+        .map(|o| match o {
+            WriteOutcome::Applied(v) => v.0,
+            other => panic!("{other:?} in {outcomes:?}"),
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (3..3 + WRITERS as u64).collect::<Vec<_>>());
+    assert_eq!(get(s, &t.gid).await.version, Version(2 + WRITERS as u64));
+    assert_eq!(s.find_branches(&t.gid).await.unwrap().len(), WRITERS);
+
+    // Status only, all registering the same new branch: it is added once.
+    let outcomes = run(Box::new(|_| {
+        let mut u = TxnUpdate::of(&txn("race"), at(3));
+        u.expect_version = None;
+        u.new_branches = vec![branch("race", "99", Op::Compensate)];
+        u
+    }))
+    .await;
+    let applied = outcomes
+        .iter()
+        .filter(|o| matches!(o, WriteOutcome::Applied(_)))
+        .count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == WriteOutcome::DuplicateBranch)
+        .count();
+    assert_eq!((applied, duplicates), (1, WRITERS - 1), "{outcomes:?}");
+    assert_eq!(s.find_branches(&t.gid).await.unwrap().len(), WRITERS + 1);
+    assert_eq!(get(s, &t.gid).await.version, Version(3 + WRITERS as u64));
+}
+
 /// One `apply` of mixed writes gives one outcome per write, in order; writes see the earlier writes of the
 /// batch, and a lost condition does not affect the others.
 pub async fn check_mixed_batch(s: &DynStore) {
@@ -1420,6 +1509,7 @@ macro_rules! conformance {
                 check_final_status_and_schedule,
                 check_branch_status_updates,
                 check_new_branches_and_duplicates,
+                check_concurrent_updates,
                 check_mixed_batch,
                 check_claim_due,
                 check_concurrent_claims_are_disjoint,

@@ -253,7 +253,7 @@ pub struct Claim {
     pub owner: String,
     /// At most this many.
     pub limit: u32,
-    /// Only these partitions (`None`: all).
+    /// Only these partitions (`None`: all; an empty list: none).
     pub partitions: Option<Vec<Partition>>,
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Every durable state change in the server goes through a [`WriterHandle`]. The [`Writer`] task takes the
 //! first queued write, drains whatever else is already queued (up to `max_batch`, optionally waiting up to
-//! `max_wait` for more), applies the batch in one database transaction with [`Store::apply`], and only then
+//! `max_wait` for more), applies the batch in one database transaction with [`Store::apply`](super::Store::apply), and only then
 //! answers each waiter. So:
 //! - no caller hears "done" before its write is durable;
 //! - under light load a batch is one write, so latency is one commit;
