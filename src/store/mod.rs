@@ -69,6 +69,21 @@ impl Error {
         matches!(self, Self::Unavailable(_) | Self::WriterStopped)
     }
 
+    /// For an error that says no connection to the database could be used at all, an equal error (one for
+    /// each waiter of a failed batch). `None` for errors that may be caused by one write of the batch.
+    pub(crate) fn connection_copy(&self) -> Option<Self> {
+        let Self::Unavailable(e) = self else {
+            return None;
+        };
+        let copy = match e {
+            sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+            sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+            _ => return None,
+        };
+        Some(Self::Unavailable(copy))
+    }
+
     /// A fixed label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -9,7 +9,9 @@
 //! - under heavy load one commit carries many transactions' changes.
 //!
 //! A batch that fails as a whole is retried write by write, so one bad write cannot fail its neighbours;
-//! every waiter gets exactly one answer (its outcome or the error), never a partial one.
+//! every waiter gets exactly one answer (its outcome or the error), never a partial one. The exception is a
+//! database that cannot be reached at all: then every waiter of the batch gets the (retryable) error at
+//! once, instead of one connection timeout per write.
 //! On shutdown the queue is closed, the writes already queued are committed, and later calls get
 //! [`Error::WriterStopped`].
 
@@ -175,6 +177,17 @@ impl Writer {
                     .store_commit_errors
                     .with_label_values(&[e.metric_label()])
                     .inc();
+                // No connection at all: retrying write by write would wait out one connection timeout per
+                // write while every other caller queues up. Answer all of them with the (retryable) error.
+                let copies: Option<Vec<Error>> =
+                    replies.iter().map(|_| e.connection_copy()).collect();
+                if let Some(copies) = copies {
+                    tracing::warn!(error = %e, batch = writes.len(), "store unreachable; batch failed");
+                    for (reply, err) in replies.into_iter().zip(copies) {
+                        let _ = reply.send(Err(err));
+                    }
+                    return;
+                }
                 tracing::warn!(error = %e, batch = writes.len(), "batch commit failed; retrying its writes one by one");
                 for (write, reply) in writes.into_iter().zip(replies) {
                     let single = std::slice::from_ref(&write);
@@ -457,6 +470,43 @@ mod tests {
         assert!(waited.is_err(), "the second write cannot be queued");
         assert_eq!(metrics.store_queue_depth.get(), 1);
         queued.abort();
+    }
+
+    /// When the database cannot be reached, a batch fails at once for all its waiters: one attempt, no
+    /// write-by-write retries.
+    #[tokio::test]
+    async fn unreachable_store_fails_the_batch_at_once() {
+        let store = crate::store::sql::SqlStore::open_sqlite("sqlite://:memory:")
+            .await
+            .unwrap();
+        store.pool.close().await;
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) =
+            Writer::new(Arc::new(store), WriterOptions::default(), metrics.clone());
+        let tasks = queue_all(
+            &handle,
+            vec![insert("gc-u1"), insert("gc-u2"), insert("gc-u3")],
+        )
+        .await;
+        drop(handle);
+        writer.run(CancellationToken::new()).await;
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 3);
+        for (g, answer) in &answers {
+            let err = answer.as_ref().unwrap_err();
+            assert!(
+                matches!(err, Error::Unavailable(sqlx::Error::PoolClosed)) && err.is_retryable(),
+                "{g}: {err:?}"
+            );
+        }
+        assert_eq!(
+            metrics
+                .store_commit_errors
+                .with_label_values(&["unavailable"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.store_commits.get(), 0);
     }
 
     macro_rules! writer_tests {
