@@ -10,6 +10,10 @@
 //! - **Inserts are conditional.** [`Write::Insert`] of an existing gid is a `Conflict` and changes nothing.
 //! - **Final transactions are never scheduled.** A row whose status becomes `succeed` or `failed` gets
 //!   `next_cron_time = NULL`, so the recovery scan never sees it again.
+//! - **Nothing is truncated.** Payloads (`custom_data`, `options`, `result`, `rollback_reason`, `bin_data`, KV
+//!   values) hold at least 16 MiB on every backend. A value longer than a bounded column (MySQL: URLs and
+//!   `query_prepared` 1024, `owner` and KV keys 128, categories 64 characters) is refused with
+//!   [`Error::Query`], never cut short.
 //! - **One clock.** Times come from the store's [`clock::StoreClock`], anchored to the database's clock, not
 //!   from each host's wall clock.
 //!
@@ -23,6 +27,8 @@ pub mod mysql;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(test)]
+pub mod testing;
 pub mod writer;
 
 use std::sync::Arc;
@@ -63,6 +69,21 @@ impl Error {
         matches!(self, Self::Unavailable(_) | Self::WriterStopped)
     }
 
+    /// For an error that says no connection to the database could be used at all, an equal error (one for
+    /// each waiter of a failed batch). `None` for errors that may be caused by one write of the batch.
+    pub(crate) fn connection_copy(&self) -> Option<Self> {
+        let Self::Unavailable(e) = self else {
+            return None;
+        };
+        let copy = match e {
+            sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+            sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+            _ => return None,
+        };
+        Some(Self::Unavailable(copy))
+    }
+
     /// A fixed label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -85,35 +106,27 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => Self::Unavailable(e),
-            sqlx::Error::Database(db) if is_transient_db_error(db.code().as_deref()) => {
-                Self::Unavailable(e)
-            }
+            sqlx::Error::Database(db) if is_transient_db_error(db.as_ref()) => Self::Unavailable(e),
             _ => Self::Query(e),
         }
     }
 }
 
 /// Deadlocks, lock wait timeouts, busy databases and server shutdowns: worth retrying.
-fn is_transient_db_error(code: Option<&str>) -> bool {
-    // MySQL: 1205 lock wait timeout, 1213 deadlock, 1040 too many connections, 2006/2013 gone away, 1927/1053 shutdown.
-    // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes, which end in the base code's value mod 256).
-    matches!(
-        code,
-        Some(
-            "1205"
-                | "1213"
-                | "1040"
-                | "2006"
-                | "2013"
-                | "1927"
-                | "1053"
-                | "5"
-                | "6"
-                | "261"
-                | "517"
-                | "262"
-        )
-    )
+fn is_transient_db_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // A MySQL error's `code()` is its SQLSTATE (`HY000` for most); the error number says what happened.
+        // 1205 lock wait timeout, 1213 deadlock, 1040 too many connections, 1053 server shutdown,
+        // 1927 connection killed (MariaDB), 4031 disconnected for inactivity. Lost connections (client errors
+        // 2006/2013) reach us as I/O errors.
+        return matches!(my.number(), 1205 | 1213 | 1040 | 1053 | 1927 | 4031);
+    }
+    // SQLite reports extended result codes, whose low byte is the primary code: 5 SQLITE_BUSY (and
+    // BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT), 6 SQLITE_LOCKED (and LOCKED_SHAREDCACHE, ...).
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// `pub type Result` of the store layer.
@@ -160,11 +173,13 @@ pub struct TxnUpdate {
     pub result: Option<String>,
     /// New options (e.g. a saga's persisted `retry_count`).
     pub options: Option<TransOptions>,
-    /// When the scanner should look next (ignored when the new status is final).
+    /// When the scanner should look next. Ignored when the row's status after the write is final (a new
+    /// final status, or an update of a row that already is final): a final row is never scheduled.
     pub schedule: Schedule,
-    /// Status changes of existing branches, by (branch_id, op).
+    /// Status changes of existing branches, by (branch_id, op). One naming no stored branch changes nothing.
     pub branches: Vec<BranchUpdate>,
-    /// Branches to append. If one already exists (same gid, branch_id, op) the write is `DuplicateBranch`.
+    /// Branches to append. If one already exists (same gid, branch_id, op), or the list names one twice, the
+    /// write is `DuplicateBranch` (when the condition holds; otherwise it is `Conflict`).
     pub new_branches: Vec<Branch>,
     /// The time of the change (`update_time`).
     pub now: Millis,
@@ -253,7 +268,7 @@ pub struct Claim {
     pub owner: String,
     /// At most this many.
     pub limit: u32,
-    /// Only these partitions (`None`: all).
+    /// Only these partitions (`None`: all; an empty list: none).
     pub partitions: Option<Vec<Partition>>,
 }
 
@@ -283,8 +298,9 @@ pub trait Store: Send + Sync + 'static {
     /// A page of transactions, newest (highest id) first.
     async fn scan_txns(&self, filter: &ScanFilter) -> Result<Vec<GlobalTxn>>;
 
-    /// Atomically claims up to `limit` unfinished due transactions: sets their `next_cron_time` to
-    /// `lease_until` and `owner`, and returns them as stored after the claim. Two concurrent claims never
+    /// Atomically claims up to `limit` unfinished due transactions (`next_cron_time <= now`, earliest first,
+    /// in `partitions` when given): sets their `next_cron_time` to `lease_until` and `owner`, changes nothing
+    /// else, and returns them as stored after the claim (in no particular order). Two concurrent claims never
     /// return the same row. A claim does not change the version: the state-changing write of whoever
     /// processes the transaction is what the version guards.
     async fn claim_due(&self, claim: &Claim) -> Result<Vec<GlobalTxn>>;
@@ -293,10 +309,12 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` rows. Returns how many changed.
     async fn reset_cron_time(&self, after: Millis, now: Millis, limit: u32) -> Result<u64>;
 
-    /// Sets `next_cron_time = now` for one unfinished transaction. Returns whether it exists.
+    /// Sets `next_cron_time = now` for one unfinished transaction (also one that had no schedule). Returns
+    /// whether the gid exists; a final transaction exists but stays unscheduled.
     async fn reset_next_cron_time(&self, gid: &Gid, now: Millis) -> Result<bool>;
 
-    /// Deletes up to `limit` transactions (and their branches) that became final before `before`.
+    /// Deletes up to `limit` final transactions (and their branches) last updated before `before`; that is
+    /// when they became final, unless a later update touched them. Returns how many were deleted.
     async fn delete_finished(&self, before: Millis, limit: u32) -> Result<u64>;
 
     /// KV records of a category with id above `after_id`, by id, at most `limit`.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use sqlx::Executor;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
@@ -10,6 +11,10 @@ use super::sql::{Dialect, SqlStore};
 use super::{Error, Result, redact_dsn};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// Added to each connection's `sql_mode`.
+const STRICT_SQL_MODE: &str =
+    "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')";
 
 impl SqlStore {
     pub(crate) async fn open_mysql(dsn: &str) -> Result<Self> {
@@ -38,6 +43,15 @@ impl SqlStore {
             .min_connections(2)
             .acquire_timeout(Duration::from_secs(10))
             .max_lifetime(Duration::from_secs(300))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Strict mode whatever the server's default: a value too long for its column is an
+                    // error, never silently truncated. (sqlx already sets time_zone = '+00:00', so NOW()
+                    // has no DST ambiguity in db_now.)
+                    conn.execute(STRICT_SQL_MODE).await?;
+                    Ok(())
+                })
+            })
             .connect(&dsn)
             .await
             .map_err(Error::Unavailable)?;
@@ -84,5 +98,71 @@ mod tests {
         assert_eq!(db, "braid");
         assert!(split_database("mysql://root@127.0.0.1:3306").is_err());
         assert!(split_database("mysql://root@127.0.0.1:3306/").is_err());
+    }
+
+    /// Every connection is strict, so overlong values fail instead of being truncated.
+    #[tokio::test]
+    async fn connections_are_strict() {
+        let db = crate::store::testing::mysql_store().await;
+        let store = SqlStore::open_mysql(&db.dsn).await.unwrap();
+        // The server's default has STRICT_TRANS_TABLES at most; STRICT_ALL_TABLES comes from the store.
+        let mode: String = sqlx::query_scalar("SELECT @@SESSION.sql_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert!(mode.split(',').any(|m| m == "STRICT_ALL_TABLES"), "{mode}");
+        store.pool.close().await;
+        db.finish().await;
+    }
+
+    /// A deadlock is a lost race worth retrying (store::Error::Unavailable); a duplicate key is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlocks_are_retryable_and_duplicates_are_not() {
+        let db = crate::store::testing::mysql_store().await;
+        let now = crate::model::Millis(1);
+        assert!(db.store.kv_create("t", "a", "0", now).await.unwrap());
+        assert!(db.store.kv_create("t", "b", "0", now).await.unwrap());
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&db.dsn)
+            .await
+            .unwrap();
+
+        let dup = sqlx::query("INSERT INTO braid_kv (cat, k, v, create_time, update_time) VALUES ('t', 'a', '', 1, 1)")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        let dup = Error::from(dup);
+        assert!(
+            matches!(dup, Error::Query(_)) && !dup.is_retryable(),
+            "{dup:?}"
+        );
+
+        // Each transaction locks one row, then wants the other's: InnoDB picks a victim at once.
+        let mut a = pool.begin().await.unwrap();
+        let mut b = pool.begin().await.unwrap();
+        let lock = "UPDATE braid_kv SET v = '1' WHERE cat = 't' AND k = ?";
+        sqlx::query(lock).bind("a").execute(&mut *a).await.unwrap();
+        sqlx::query(lock).bind("b").execute(&mut *b).await.unwrap();
+        let (ra, rb) = tokio::join!(
+            sqlx::query(lock).bind("b").execute(&mut *a),
+            sqlx::query(lock).bind("a").execute(&mut *b),
+        );
+        let errors: Vec<Error> = [ra.err(), rb.err()]
+            .into_iter()
+            .flatten()
+            .map(Error::from)
+            .collect();
+        assert_eq!(errors.len(), 1, "exactly one deadlock victim: {errors:?}");
+        assert!(
+            matches!(errors[0], Error::Unavailable(_)),
+            "{:?}",
+            errors[0]
+        );
+        assert!(errors[0].is_retryable());
+        assert_eq!(errors[0].metric_label(), "unavailable");
+        drop((a, b));
+        pool.close().await;
+        db.finish().await;
     }
 }

@@ -17,8 +17,10 @@ use crate::model::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
     /// SQLite: one writer at a time; `BEGIN IMMEDIATE` takes the write lock up front; `UPDATE .. RETURNING`.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Sqlite,
     /// MySQL 8 / MariaDB 10.6+: row locks; claims use `FOR UPDATE SKIP LOCKED`.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     Mysql,
 }
 
@@ -36,19 +38,12 @@ impl Dialect {
             Self::Mysql => "BEGIN",
         }
     }
+}
 
-    fn is_duplicate_key(self, err: &sqlx::Error) -> bool {
-        let sqlx::Error::Database(db) = err else {
-            return false;
-        };
-        let code = db.code();
-        match self {
-            // 2067 SQLITE_CONSTRAINT_UNIQUE, 1555 SQLITE_CONSTRAINT_PRIMARYKEY
-            Self::Sqlite => matches!(code.as_deref(), Some("2067" | "1555")),
-            // ER_DUP_ENTRY
-            Self::Mysql => matches!(code.as_deref(), Some("1062")),
-        }
-    }
+/// Whether `err` is a unique-key violation (a gid, branch or KV key that exists). Asks the driver's error
+/// kind: MySQL's `code()` is the SQLSTATE (`23000` for many constraint errors), not the error number.
+fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 const TXN_COLS: &str = "id, gid, trans_type, status, query_prepared, protocol, custom_data, options, result, \
@@ -92,7 +87,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("{what}: {e}"))
 }
 
-/// A text column. MySQL reports `TEXT` columns as `BLOB` through the `Any` driver, so accept bytes too.
+/// A text column. sqlx's `Any` driver reports MySQL `TEXT` columns as BLOB and refuses to decode them as
+/// `String`, so bytes are accepted too (and must be UTF-8).
 fn text(row: &AnyRow, col: &str) -> Result<String> {
     match row.try_get::<String, _>(col) {
         Ok(s) => Ok(s),
@@ -214,7 +210,7 @@ impl SqlStore {
             .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if self.dialect.is_duplicate_key(&e) => return Ok(WriteOutcome::Conflict),
+            Err(e) if is_duplicate_key(&e) => return Ok(WriteOutcome::Conflict),
             Err(e) => return Err(e.into()),
         }
         self.insert_branches(tx, branches).await?;
@@ -225,7 +221,7 @@ impl SqlStore {
         &self,
         tx: &mut Transaction<'static, Any>,
         branches: &[Branch],
-    ) -> Result<()> {
+    ) -> Result<(), sqlx::Error> {
         for chunk in branches.chunks(INSERT_CHUNK) {
             let row = format!("({})", placeholders(10));
             let values = vec![row; chunk.len()].join(", ");
@@ -252,53 +248,73 @@ impl SqlStore {
         Ok(())
     }
 
+    /// One conditional update inside the batch's transaction.
+    ///
+    /// The compare-and-set `UPDATE` of the row runs first, so a failed condition is `Conflict` whatever else
+    /// the write carries; on MySQL it also locks the row, which serializes concurrent writers of one gid. New
+    /// branches are then inserted and the unique key `(gid, branch_id, op)` decides duplicates (a `SELECT`
+    /// check could read a stale snapshot under MySQL's repeatable read). The write runs under a savepoint, so
+    /// a duplicate undoes all of it (`DuplicateBranch`) and leaves the rest of the batch alone.
     async fn update_txn(
         &self,
         tx: &mut Transaction<'static, Any>,
         u: &TxnUpdate,
     ) -> Result<WriteOutcome> {
-        // A duplicate new branch makes the whole update a no-op; check before changing anything.
-        if !u.new_branches.is_empty() {
-            let ids: Vec<&str> = u
-                .new_branches
-                .iter()
-                .map(|b| b.branch_id.as_str())
-                .collect();
-            let sql = format!(
-                "SELECT branch_id, op FROM braid_branch WHERE gid = ? AND branch_id IN ({})",
-                placeholders(ids.len())
-            );
-            let mut q = sqlx::query(&sql).bind(u.gid.as_str());
-            for id in &ids {
-                q = q.bind(*id);
-            }
-            let existing = q.fetch_all(&mut **tx).await?;
-            for row in &existing {
-                let (bid, op) = (text(row, "branch_id")?, text(row, "op")?);
-                if u.new_branches
-                    .iter()
-                    .any(|b| b.branch_id.as_str() == bid && b.op.as_str() == op)
-                {
-                    return Ok(WriteOutcome::DuplicateBranch);
-                }
-            }
+        if u.new_branches.is_empty() {
+            return self.update_row_and_branches(tx, u).await;
         }
+        sqlx::query("SAVEPOINT braid_write")
+            .execute(&mut **tx)
+            .await?;
+        let outcome = match self.update_row_and_branches(tx, u).await? {
+            WriteOutcome::Applied(version) => match self.insert_branches(tx, &u.new_branches).await
+            {
+                Ok(()) => WriteOutcome::Applied(version),
+                Err(e) if is_duplicate_key(&e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
+                        .execute(&mut **tx)
+                        .await?;
+                    WriteOutcome::DuplicateBranch
+                }
+                Err(e) => return Err(e.into()),
+            },
+            unchanged @ (WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => unchanged,
+        };
+        sqlx::query("RELEASE SAVEPOINT braid_write")
+            .execute(&mut **tx)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// The compare-and-set of the row and the status changes of existing branches (not the new branches).
+    async fn update_row_and_branches(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        u: &TxnUpdate,
+    ) -> Result<WriteOutcome> {
+        // The status the row has after this write: when it is final, the row is never scheduled (also for an
+        // update of a row that already was final).
+        let resulting = u.status.unwrap_or(u.expect_status);
+        let final_time_col = match u.status {
+            Some(GlobalStatus::Succeed) => Some("finish_time = ?"),
+            Some(GlobalStatus::Failed) => Some("rollback_time = ?"),
+            Some(GlobalStatus::Prepared | GlobalStatus::Submitted | GlobalStatus::Aborting)
+            | None => None,
+        };
+        let schedule = match u.schedule {
+            Schedule::At { interval, at } if !resulting.is_final() => Some((interval, at)),
+            Schedule::At { .. } | Schedule::Keep => None,
+        };
 
         let mut sets = vec!["version = version + 1", "update_time = ?"];
-        let final_status = u.status.filter(|s| s.is_final());
         if u.status.is_some() {
             sets.push("status = ?");
         }
-        match final_status {
-            Some(GlobalStatus::Succeed) => {
-                sets.extend(["finish_time = ?", "next_cron_time = NULL"])
-            }
-            Some(_) => sets.extend(["rollback_time = ?", "next_cron_time = NULL"]),
-            None => {
-                if matches!(u.schedule, Schedule::At { .. }) {
-                    sets.extend(["next_cron_interval = ?", "next_cron_time = ?"]);
-                }
-            }
+        sets.extend(final_time_col);
+        if resulting.is_final() {
+            sets.push("next_cron_time = NULL");
+        } else if schedule.is_some() {
+            sets.extend(["next_cron_interval = ?", "next_cron_time = ?"]);
         }
         if u.rollback_reason.is_some() {
             sets.push("rollback_reason = ?");
@@ -322,13 +338,11 @@ impl SqlStore {
         if let Some(status) = u.status {
             q = q.bind(status.as_str());
         }
-        match final_status {
-            Some(_) => q = q.bind(u.now.0),
-            None => {
-                if let Schedule::At { interval, at } = u.schedule {
-                    q = q.bind(interval).bind(at.0);
-                }
-            }
+        if final_time_col.is_some() {
+            q = q.bind(u.now.0);
+        }
+        if let Some((interval, at)) = schedule {
+            q = q.bind(interval).bind(at.0);
         }
         if let Some(reason) = &u.rollback_reason {
             q = q.bind(reason.as_str());
@@ -341,7 +355,10 @@ impl SqlStore {
         }
         q = q.bind(u.gid.as_str()).bind(u.expect_status.as_str());
         if let Some(v) = u.expect_version {
-            q = q.bind(v.0 as i64);
+            q = q.bind(
+                i64::try_from(v.0)
+                    .map_err(|e| corrupt(&format!("expected version of {}", u.gid), e))?,
+            );
         }
         if q.execute(&mut **tx).await?.rows_affected() == 0 {
             return Ok(WriteOutcome::Conflict);
@@ -366,7 +383,6 @@ impl SqlStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        self.insert_branches(tx, &u.new_branches).await?;
 
         let version = match u.expect_version {
             Some(v) => Version(v.0 + 1),
@@ -569,22 +585,25 @@ impl Store for SqlStore {
     }
 
     async fn reset_next_cron_time(&self, gid: &Gid, now: Millis) -> Result<bool> {
-        let found = sqlx::query("SELECT id FROM braid_txn WHERE gid = ?")
-            .bind(gid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        if found.is_none() {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE gid = ? AND next_cron_time IS NOT NULL",
+        // Unfinished by status, not by `next_cron_time IS NOT NULL`: an unfinished row without a schedule is
+        // scheduled too, and a final row never is.
+        let done = sqlx::query(
+            "UPDATE braid_txn SET next_cron_time = ?, update_time = ? \
+             WHERE gid = ? AND status NOT IN ('succeed', 'failed')",
         )
         .bind(now.0)
         .bind(now.0)
         .bind(gid.as_str())
         .execute(&self.pool)
         .await?;
-        Ok(true)
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let found = sqlx::query("SELECT id FROM braid_txn WHERE gid = ?")
+            .bind(gid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn delete_finished(&self, before: Millis, limit: u32) -> Result<u64> {
@@ -598,7 +617,7 @@ impl Store for SqlStore {
         .await?
         .iter()
         .map(|r| text(r, "gid"))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
         if gids.is_empty() {
             tx.commit().await?;
             return Ok(0);
@@ -649,7 +668,7 @@ impl Store for SqlStore {
             .await;
         match done {
             Ok(_) => Ok(true),
-            Err(e) if self.dialect.is_duplicate_key(&e) => Ok(false),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

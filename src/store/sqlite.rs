@@ -1,6 +1,7 @@
 //! SQLite backend: the embedded default (`sqlite://braid-data/braid.db`). WAL journal, `synchronous=FULL` so an
 //! acknowledged commit survives a crash of the process or the machine, and one writer at a time (the group-commit
-//! writer), with readers running alongside.
+//! writer), with readers running alongside. `sqlite://:memory:` is a private in-memory database on a single
+//! connection, for tests and trials: nothing survives the process.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use super::{Error, Result};
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl SqlStore {
-    /// Opens (creating the file and its directory if needed) and migrates a SQLite database.
+    /// Opens (creating the file and its directory if needed) and migrates a SQLite database, or an in-memory one
+    /// for `sqlite://:memory:`.
     pub(crate) async fn open_sqlite(dsn: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let rest = dsn.trim_start_matches("sqlite://");
@@ -25,7 +27,8 @@ impl SqlStore {
                 "sqlite DSN '{dsn}' names no file: use sqlite://path/to/braid.db"
             )));
         }
-        if path != ":memory:"
+        let in_memory = path == ":memory:";
+        if !in_memory
             && let Some(dir) = Path::new(path)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -37,13 +40,25 @@ impl SqlStore {
                 ))
             })?;
         }
-        let url = if rest.contains('?') {
-            dsn.to_owned()
+        let (url, pool) = if in_memory {
+            // sqlx's Any driver cannot parse `sqlite://:memory:`, and every connection to `sqlite::memory:`
+            // opens a database of its own: an in-memory store has exactly one connection, kept for the life
+            // of the pool (closing it would lose the data).
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+            ("sqlite::memory:".to_owned(), pool)
+        } else if rest.contains('?') {
+            (dsn.to_owned(), AnyPoolOptions::new().max_connections(8))
         } else {
-            format!("{dsn}?mode=rwc")
+            (
+                format!("{dsn}?mode=rwc"),
+                AnyPoolOptions::new().max_connections(8),
+            )
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
+        let pool = pool
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -63,5 +78,41 @@ impl SqlStore {
             pool,
             dialect: Dialect::Sqlite,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{AnyConnection, Connection};
+
+    use super::*;
+
+    /// A database busy with another writer is worth retrying (store::Error::Unavailable).
+    #[tokio::test]
+    async fn busy_database_is_retryable() {
+        let db = crate::store::testing::sqlite_store().await;
+        let mut holder = AnyConnection::connect(&db.dsn).await.unwrap();
+        let mut other = AnyConnection::connect(&db.dsn).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let busy = Error::from(busy);
+        assert!(matches!(busy, Error::Unavailable(_)), "{busy:?}");
+        assert!(busy.is_retryable());
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        holder.close().await.unwrap();
+        other.close().await.unwrap();
+        db.finish().await;
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! Every durable state change in the server goes through a [`WriterHandle`]. The [`Writer`] task takes the
 //! first queued write, drains whatever else is already queued (up to `max_batch`, optionally waiting up to
-//! `max_wait` for more), applies the batch in one database transaction with [`Store::apply`], and only then
+//! `max_wait` for more), applies the batch in one database transaction with [`Store::apply`](super::Store::apply), and only then
 //! answers each waiter. So:
 //! - no caller hears "done" before its write is durable;
 //! - under light load a batch is one write, so latency is one commit;
 //! - under heavy load one commit carries many transactions' changes.
 //!
 //! A batch that fails as a whole is retried write by write, so one bad write cannot fail its neighbours;
-//! every waiter gets exactly one answer (its outcome or the error), never a partial one.
+//! every waiter gets exactly one answer (its outcome or the error), never a partial one. The exception is a
+//! database that cannot be reached at all: then every waiter of the batch gets the (retryable) error at
+//! once, instead of one connection timeout per write.
 //! On shutdown the queue is closed, the writes already queued are committed, and later calls get
 //! [`Error::WriterStopped`].
 
@@ -60,11 +62,11 @@ impl WriterHandle {
     /// Queues `write` and waits until the batch holding it has committed.
     pub async fn write(&self, write: Write) -> Result<WriteOutcome> {
         let (reply, rx) = oneshot::channel();
+        // Reserve first and count after: a caller that gives up while the queue is full leaves no count
+        // behind, and the count is up before the writer can take (and uncount) the write.
+        let permit = self.tx.reserve().await.map_err(|_| Error::WriterStopped)?;
         self.metrics.store_queue_depth.inc();
-        if self.tx.send(Pending { write, reply }).await.is_err() {
-            self.metrics.store_queue_depth.dec();
-            return Err(Error::WriterStopped);
-        }
+        permit.send(Pending { write, reply });
         rx.await.unwrap_or(Err(Error::WriterStopped))
     }
 }
@@ -103,10 +105,12 @@ impl Writer {
     /// Commits batches until `cancel` fires (then flushes what is queued) or every handle is dropped.
     pub async fn run(mut self, cancel: CancellationToken) {
         loop {
+            // Cancellation first: under a steady stream of writes a receive-first select would never see it.
+            // Whatever is queued at that point is committed by the flush below.
             let first = tokio::select! {
                 biased;
-                p = self.rx.recv() => p,
                 () = cancel.cancelled() => None,
+                p = self.rx.recv() => p,
             };
             let Some(first) = first else { break };
             let batch = self.collect(first).await;
@@ -173,6 +177,17 @@ impl Writer {
                     .store_commit_errors
                     .with_label_values(&[e.metric_label()])
                     .inc();
+                // No connection at all: retrying write by write would wait out one connection timeout per
+                // write while every other caller queues up. Answer all of them with the (retryable) error.
+                let copies: Option<Vec<Error>> =
+                    replies.iter().map(|_| e.connection_copy()).collect();
+                if let Some(copies) = copies {
+                    tracing::warn!(error = %e, batch = writes.len(), "store unreachable; batch failed");
+                    for (reply, err) in replies.into_iter().zip(copies) {
+                        let _ = reply.send(Err(err));
+                    }
+                    return;
+                }
                 tracing::warn!(error = %e, batch = writes.len(), "batch commit failed; retrying its writes one by one");
                 for (write, reply) in writes.into_iter().zip(replies) {
                     let single = std::slice::from_ref(&write);
@@ -199,4 +214,316 @@ impl Writer {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use tokio::task::JoinSet;
+
+    use super::*;
+    use crate::model::{Op, Version};
+    use crate::store::testing::{T0, TestDb, branch, gid, txn};
+    use crate::store::{ScanFilter, TxnUpdate};
+
+    impl WriterHandle {
+        /// Writes in the queue (sent, or with a slot reserved), not yet taken by the writer.
+        fn queued(&self) -> usize {
+            self.tx.max_capacity() - self.tx.capacity()
+        }
+    }
+
+    fn insert(g: &str) -> Write {
+        Write::Insert {
+            txn: txn(g),
+            branches: vec![branch(g, "01", Op::Action)],
+        }
+    }
+
+    type Answers = BTreeMap<String, Result<WriteOutcome>>;
+
+    /// Starts one task per write, each calling `handle.write`, and returns once all of them are queued. A
+    /// writer started afterwards finds them all waiting, so batching does not depend on timing.
+    async fn queue_all(
+        handle: &WriterHandle,
+        writes: Vec<Write>,
+    ) -> JoinSet<(String, Result<WriteOutcome>)> {
+        let n = writes.len();
+        let mut tasks = JoinSet::new();
+        for w in writes {
+            let h = handle.clone();
+            tasks.spawn(async move { (w.gid().to_string(), h.write(w).await) });
+        }
+        while handle.queued() < n || handle.metrics.store_queue_depth.get() < n as i64 {
+            tokio::task::yield_now().await;
+        }
+        tasks
+    }
+
+    async fn answers(mut tasks: JoinSet<(String, Result<WriteOutcome>)>) -> Answers {
+        let mut out = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (g, answer) = joined.unwrap();
+            assert!(
+                out.insert(g.clone(), answer).is_none(),
+                "{g} answered twice"
+            );
+        }
+        out
+    }
+
+    async fn stored_gids(db: &TestDb) -> BTreeSet<String> {
+        let all = db
+            .store
+            .scan_txns(&ScanFilter {
+                limit: 10_000,
+                ..ScanFilter::default()
+            })
+            .await
+            .unwrap();
+        all.into_iter().map(|t| t.gid.to_string()).collect()
+    }
+
+    /// 200 concurrent writers all get `Applied` after their row is stored, in far fewer commits than writes.
+    async fn check_batches_concurrent_writes(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            max_batch: 64,
+            ..WriterOptions::default()
+        };
+        let (writer, handle) = Writer::new(db.store.clone(), opts, metrics.clone());
+        let names: Vec<String> = (0..200).map(|i| format!("gc-{i:03}")).collect();
+        let tasks = queue_all(&handle, names.iter().map(|g| insert(g)).collect()).await;
+        assert_eq!(metrics.store_queue_depth.get(), 200);
+
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(writer.run(cancel.clone()));
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 200);
+        for (g, answer) in &answers {
+            assert_eq!(
+                *answer.as_ref().unwrap(),
+                WriteOutcome::Applied(Version(1)),
+                "{g}"
+            );
+        }
+
+        let commits = metrics.store_commits.get();
+        assert!(
+            (4..200).contains(&commits),
+            "200 writes in batches of at most 64: {commits} commits"
+        );
+        assert_eq!(metrics.store_batch_size.get_sample_count(), commits);
+        assert_eq!(metrics.store_batch_size.get_sample_sum(), 200.0);
+        assert_eq!(metrics.store_queue_depth.get(), 0);
+        assert_eq!(
+            stored_gids(db).await,
+            names.iter().cloned().collect::<BTreeSet<_>>()
+        );
+        for g in &names {
+            assert_eq!(
+                db.store.find_branches(&gid(g)).await.unwrap().len(),
+                1,
+                "branch of {g}"
+            );
+        }
+
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
+    /// A write that fails fails alone: the batch is retried write by write, and its neighbours (including a
+    /// mere `Conflict`) get their own outcomes.
+    async fn check_bad_write_does_not_fail_neighbours(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) =
+            Writer::new(db.store.clone(), WriterOptions::default(), metrics.clone());
+        // The same branch twice violates the branch unique key: an error, which fails the whole batch.
+        let bad = Write::Insert {
+            txn: txn("gc-bad"),
+            branches: vec![
+                branch("gc-bad", "01", Op::Action),
+                branch("gc-bad", "01", Op::Action),
+            ],
+        };
+        let missing = Write::Update(TxnUpdate::of(&txn("gc-missing"), T0));
+        let tasks = queue_all(&handle, vec![insert("gc-a"), bad, insert("gc-b"), missing]).await;
+
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(writer.run(cancel.clone()));
+        let answers = answers(tasks).await;
+        assert_eq!(
+            answers["gc-a"].as_ref().unwrap(),
+            &WriteOutcome::Applied(Version(1))
+        );
+        assert_eq!(
+            answers["gc-b"].as_ref().unwrap(),
+            &WriteOutcome::Applied(Version(1))
+        );
+        assert_eq!(
+            answers["gc-missing"].as_ref().unwrap(),
+            &WriteOutcome::Conflict
+        );
+        let err = answers["gc-bad"].as_ref().unwrap_err();
+        assert!(
+            matches!(err, Error::Query(_)) && !err.is_retryable(),
+            "{err:?}"
+        );
+
+        // One failed batch, then a commit for each good write and one more failure for the bad one.
+        assert_eq!(metrics.store_commits.get(), 3);
+        assert_eq!(
+            metrics
+                .store_commit_errors
+                .with_label_values(&["query"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            stored_gids(db).await,
+            BTreeSet::from(["gc-a".to_owned(), "gc-b".to_owned()])
+        );
+        assert_eq!(
+            db.store.find_branches(&gid("gc-bad")).await.unwrap(),
+            Vec::new()
+        );
+
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
+    /// On cancel the writer commits what is queued, answers every waiter, and later writes are refused.
+    async fn check_cancel_flushes_then_refuses(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) =
+            Writer::new(db.store.clone(), WriterOptions::default(), metrics.clone());
+        let names: Vec<String> = (0..20).map(|i| format!("gc-q{i:02}")).collect();
+        let tasks = queue_all(&handle, names.iter().map(|g| insert(g)).collect()).await;
+
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        // Cancelled before it starts: it only flushes the queue, then returns.
+        writer.run(cancel).await;
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 20);
+        assert!(
+            answers
+                .values()
+                .all(|a| matches!(a, Ok(WriteOutcome::Applied(Version(1))))),
+            "{answers:?}"
+        );
+        assert_eq!(
+            stored_gids(db).await,
+            names.iter().cloned().collect::<BTreeSet<_>>()
+        );
+
+        let late = handle.write(insert("gc-late")).await;
+        assert!(matches!(late, Err(Error::WriterStopped)), "{late:?}");
+        assert!(late.is_err_and(|e| e.is_retryable()));
+        assert_eq!(db.store.find_txn(&gid("gc-late")).await.unwrap(), None);
+        assert_eq!(metrics.store_queue_depth.get(), 0);
+    }
+
+    /// Without a cancel, the writer runs until every handle is gone, and answers everything queued.
+    async fn check_stops_when_handles_drop(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) = Writer::new(db.store.clone(), WriterOptions::default(), metrics);
+        let tasks = queue_all(&handle, vec![insert("gc-d1"), insert("gc-d2")]).await;
+        drop(handle);
+        writer.run(CancellationToken::new()).await;
+        let answers = answers(tasks).await;
+        assert!(
+            answers
+                .values()
+                .all(|a| matches!(a, Ok(WriteOutcome::Applied(Version(1))))),
+            "{answers:?}"
+        );
+        assert_eq!(
+            stored_gids(db).await,
+            BTreeSet::from(["gc-d1".to_owned(), "gc-d2".to_owned()])
+        );
+    }
+
+    /// A caller that gives up while the queue is full leaves the queue-depth gauge as it was.
+    #[tokio::test]
+    async fn abandoned_write_leaves_no_queue_depth() {
+        let store = crate::store::testing::sqlite_memory_store().await;
+        // The store is never used (no writer runs), so the clock can stand still.
+        tokio::time::pause();
+        let metrics = Arc::new(Metrics::new());
+        let opts = WriterOptions {
+            queue: 1,
+            ..WriterOptions::default()
+        };
+        let (_writer, handle) = Writer::new(store.store.clone(), opts, metrics.clone());
+        let queued = tokio::spawn({
+            let h = handle.clone();
+            async move { h.write(insert("gc-first")).await }
+        });
+        while handle.queued() < 1 || metrics.store_queue_depth.get() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The queue is full and the writer is not running: this write waits for room, then gives up.
+        let waited =
+            tokio::time::timeout(Duration::from_secs(1), handle.write(insert("gc-second"))).await;
+        assert!(waited.is_err(), "the second write cannot be queued");
+        assert_eq!(metrics.store_queue_depth.get(), 1);
+        queued.abort();
+    }
+
+    /// When the database cannot be reached, a batch fails at once for all its waiters: one attempt, no
+    /// write-by-write retries.
+    #[tokio::test]
+    async fn unreachable_store_fails_the_batch_at_once() {
+        let store = crate::store::sql::SqlStore::open_sqlite("sqlite://:memory:")
+            .await
+            .unwrap();
+        store.pool.close().await;
+        let metrics = Arc::new(Metrics::new());
+        let (writer, handle) =
+            Writer::new(Arc::new(store), WriterOptions::default(), metrics.clone());
+        let tasks = queue_all(
+            &handle,
+            vec![insert("gc-u1"), insert("gc-u2"), insert("gc-u3")],
+        )
+        .await;
+        drop(handle);
+        writer.run(CancellationToken::new()).await;
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 3);
+        for (g, answer) in &answers {
+            let err = answer.as_ref().unwrap_err();
+            assert!(
+                matches!(err, Error::Unavailable(sqlx::Error::PoolClosed)) && err.is_retryable(),
+                "{g}: {err:?}"
+            );
+        }
+        assert_eq!(
+            metrics
+                .store_commit_errors
+                .with_label_values(&["unavailable"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.store_commits.get(), 0);
+    }
+
+    macro_rules! writer_tests {
+        ($backend:ident, $fresh:path) => {
+            mod $backend {
+                crate::store::testing::db_tests!($fresh;
+                    check_batches_concurrent_writes,
+                    check_bad_write_does_not_fail_neighbours,
+                    check_cancel_flushes_then_refuses,
+                    check_stops_when_handles_drop,
+                );
+            }
+        };
+    }
+
+    #[cfg(feature = "sqlite")]
+    writer_tests!(sqlite, crate::store::testing::sqlite_store);
+    #[cfg(feature = "mysql")]
+    writer_tests!(mysql, crate::store::testing::mysql_store);
 }
