@@ -34,6 +34,7 @@ impl Braid {
                 "--store",
                 dsn,
             ])
+            .args(["--grpc-port", &free_port().to_string()])
             .args([
                 "--retry-interval",
                 "2",
