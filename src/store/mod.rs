@@ -69,6 +69,22 @@ impl Error {
         matches!(self, Self::Unavailable(_) | Self::WriterStopped)
     }
 
+    /// Whether the database rolled the transaction back because of a lock conflict with another
+    /// transaction (deadlock, lock wait timeout, SQLite busy). Nothing was applied; the same writes can be
+    /// applied again at once.
+    pub fn is_lock_conflict(&self) -> bool {
+        let Self::Unavailable(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        #[cfg(feature = "mysql")]
+        if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            return matches!(my.number(), 1205 | 1213);
+        }
+        db.code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    }
+
     /// For an error that says no connection to the database could be used at all, an equal error (one for
     /// each waiter of a failed batch). `None` for errors that may be caused by one write of the batch.
     pub(crate) fn connection_copy(&self) -> Option<Self> {

@@ -49,6 +49,10 @@ impl SqlStore {
                     // error, never silently truncated. (sqlx already sets time_zone = '+00:00', so NOW()
                     // has no DST ambiguity in db_now.)
                     conn.execute(STRICT_SQL_MODE).await?;
+                    // Every write is a compare-and-set on the row itself; REPEATABLE READ's gap locks only
+                    // add deadlocks between the writer's inserts and the scanner's claims.
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
                     Ok(())
                 })
             })

@@ -46,6 +46,9 @@ impl Default for WriterOptions {
     }
 }
 
+/// How often a batch rolled back by a lock conflict is applied again before its waiters get the error.
+const LOCK_CONFLICT_RETRIES: u32 = 5;
+
 struct Pending {
     write: Write,
     reply: oneshot::Sender<Result<WriteOutcome>>,
@@ -145,12 +148,32 @@ impl Writer {
         batch
     }
 
+    /// Applies a batch; when the database rolled it back for a lock conflict (a deadlock with a concurrent
+    /// claim, say), nothing was applied, so it is applied again, a few times with a short pause.
+    async fn apply_retrying_lock_conflicts(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+        let mut attempt = 0u32;
+        loop {
+            match self.store.apply(writes).await {
+                Err(e) if e.is_lock_conflict() && attempt < LOCK_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    self.metrics
+                        .store_commit_errors
+                        .with_label_values(&["lock_conflict_retried"])
+                        .inc();
+                    tracing::debug!(error = %e, attempt, "batch hit a lock conflict; applying it again");
+                    tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn commit(&self, batch: Vec<Pending>) {
         self.metrics.store_queue_depth.sub(batch.len() as i64);
         let (writes, replies): (Vec<Write>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.reply)).unzip();
         let started = Instant::now();
-        let result = self.store.apply(&writes).await;
+        let result = self.apply_retrying_lock_conflicts(&writes).await;
         self.metrics
             .store_commit_duration
             .observe(started.elapsed().as_secs_f64());
@@ -192,8 +215,7 @@ impl Writer {
                 for (write, reply) in writes.into_iter().zip(replies) {
                     let single = std::slice::from_ref(&write);
                     let result = self
-                        .store
-                        .apply(single)
+                        .apply_retrying_lock_conflicts(single)
                         .await
                         .map(|mut o| o.pop().unwrap_or(WriteOutcome::Conflict));
                     match &result {
