@@ -103,7 +103,6 @@ impl TestServer {
     }
 
     /// Submits and expects 200.
-    #[track_caller]
     pub async fn submit_ok(&self, body: &Value) {
         let (status, reply) = self.post("submit", body).await;
         assert_eq!(status, 200, "submit failed: {reply}");
@@ -161,7 +160,6 @@ impl TestServer {
     }
 
     /// Forwards time, then runs one scan; asserts that exactly `gid` was picked.
-    #[track_caller]
     pub async fn cron_forward_expect(&self, secs: u64, gid: &str) {
         self.forward(secs);
         let picked = self.cron_once().await;
