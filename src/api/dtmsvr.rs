@@ -57,18 +57,20 @@ async fn prepare(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> 
     Ok(success())
 }
 
+/// 409 with the rollback reason (DTM's text when there is none).
+fn rolled_back(rollback_reason: String) -> Error {
+    if rollback_reason.is_empty() {
+        Error::Failure("wait result not return success".to_owned())
+    } else {
+        Error::Failure(rollback_reason)
+    }
+}
+
 /// The reply of a synchronous (`wait_result`) pass (spec §4.3).
 fn pass_reply(result: PassResult) -> Result<Json<Value>> {
     match result.status {
         GlobalStatus::Succeed => Ok(success()),
-        GlobalStatus::Failed => {
-            let reason = if result.rollback_reason.is_empty() {
-                "wait result not return success".to_owned()
-            } else {
-                result.rollback_reason
-            };
-            Err(Error::Failure(reason))
-        }
+        GlobalStatus::Failed => Err(rolled_back(result.rollback_reason)),
         _ => match result.error {
             Some(PassError::Ongoing) => Err(Error::Ongoing("ONGOING".to_owned())),
             Some(PassError::Failure(m) | PassError::Error(m)) => Err(Error::Internal(m)),
@@ -81,6 +83,11 @@ async fn submit(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
     let req = parse_json::<TransBody>(&body)?.into_request()?;
     match s.engine.submit(req).await? {
         SubmitOutcome::Accepted => Ok(success()),
+        // A submitted saga that turned to `aborting` has its answer: it rolls back. A compensation still to
+        // be retried does not change that, so it is a 409 with the reason, as for `failed` (DTM does the same).
+        SubmitOutcome::Processed(result) if result.status == GlobalStatus::Aborting => {
+            Err(rolled_back(result.rollback_reason))
+        }
         SubmitOutcome::Processed(result) => pass_reply(result),
     }
 }
