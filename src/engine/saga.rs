@@ -42,11 +42,31 @@ pub(crate) fn parse_custom(custom_data: &str, steps: usize) -> Result<SagaCustom
     }
     let custom: SagaCustom =
         serde_json::from_str(custom_data).map_err(|e| format!("custom_data is not valid saga options: {e}"))?;
+    // waiting[i]: prerequisites of step i not yet satisfied; dependents[p]: steps that wait for p.
+    let mut waiting = vec![0usize; steps];
+    let mut dependents = vec![Vec::new(); steps];
     for (k, prereqs) in &custom.orders {
         let step: usize = k.parse().map_err(|_| format!("custom_data.orders key '{k}' is not a step index"))?;
         if step >= steps || prereqs.iter().any(|p| *p >= steps || *p == step) {
             return Err(format!("custom_data.orders entry '{k}' refers to a step outside 0..{steps} or to itself"));
         }
+        waiting[step] = prereqs.len();
+        for &p in prereqs {
+            dependents[p].push(step);
+        }
+    }
+    // A step in a cycle of orders could never run, and the saga would be retried forever: reject it.
+    let mut ready: Vec<usize> = (0..steps).filter(|&i| waiting[i] == 0).collect();
+    while let Some(p) = ready.pop() {
+        for &d in &dependents[p] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    if let Some(stuck) = waiting.iter().position(|w| *w > 0) {
+        return Err(format!("custom_data.orders has a cycle: step {stuck} waits for itself through its prerequisites"));
     }
     Ok(custom)
 }
@@ -203,6 +223,9 @@ mod tests {
         assert!(parse_custom(r#"{"orders":{"2":[0]}}"#, 2).unwrap_err().contains("'2'"));
         assert!(parse_custom(r#"{"orders":{"1":[1]}}"#, 2).is_err());
         assert!(parse_custom(r#"{"orders":{"x":[0]}}"#, 2).is_err());
+        let cycle = parse_custom(r#"{"orders":{"0":[2],"1":[0],"2":[1]}}"#, 3).unwrap_err();
+        assert!(cycle.contains("cycle"), "{cycle}");
+        assert!(parse_custom(r#"{"orders":{"1":[0,0],"2":[0,1]}}"#, 3).is_ok(), "a diamond with a repeat is fine");
         assert!(parse_custom("not json", 2).is_err());
     }
 }
