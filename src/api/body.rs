@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 
 use super::{Error, Result};
@@ -63,7 +64,8 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." {
+        // A syntax error has no field to name (its path is "?" or a partial one); serde's text has the position.
+        if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
             Error::BadRequest(format!("request body is not a valid JSON object: {}", e.inner()))
         } else {
             Error::BadRequest(format!("field '{path}': {}", e.inner()))
@@ -92,6 +94,21 @@ fn check_url(field: &str, url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every branch header must be sendable: a bad name or value would fail every branch call, forever.
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<()> {
+    for (name, value) in headers {
+        let problem = if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            "is not a valid header name"
+        } else if HeaderValue::from_str(value).is_err() {
+            "has a value that is not a valid header value"
+        } else {
+            continue;
+        };
+        return Err(Error::BadRequest(format!("field 'branch_headers': '{name}' {problem}")));
+    }
+    Ok(())
+}
+
 impl TransBody {
     /// Validates and converts into an engine request.
     pub(crate) fn into_request(self) -> Result<TxnRequest> {
@@ -113,6 +130,7 @@ impl TransBody {
             }
         }
         check_url("query_prepared", &self.query_prepared)?;
+        check_headers(&self.branch_headers)?;
         for (i, step) in self.steps.iter().enumerate() {
             for (k, v) in step {
                 if k != "data" {
@@ -228,6 +246,19 @@ mod tests {
             .into_request()
             .unwrap_err();
         assert!(err.to_string().contains("retry_limit"), "{err}");
+    }
+
+    #[test]
+    fn branch_headers_must_be_sendable() {
+        let parse = |headers: &str| {
+            let body = format!(r#"{{"gid":"g","trans_type":"saga","branch_headers":{headers}}}"#);
+            parse_json::<TransBody>(body.as_bytes()).unwrap().into_request()
+        };
+        assert!(parse(r#"{"test_header":"test","X-Trace":"a b"}"#).is_ok());
+        for bad in [r#"{"bad header":"x"}"#, r#"{"":"x"}"#, r#"{"x":"line\nbreak"}"#] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.to_string().contains("branch_headers"), "{bad}: {err}");
+        }
     }
 
     #[test]
