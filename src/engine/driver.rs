@@ -125,11 +125,11 @@ impl<'a> Pass<'a> {
 
     /// Records a branch's new status.
     pub(crate) fn set_branch(&mut self, idx: usize, status: BranchStatus) {
-        if let Some(b) = self.branches.get_mut(idx) {
-            if b.status != status {
-                b.status = status;
-                self.changed[idx] = true;
-            }
+        if let Some(b) = self.branches.get_mut(idx)
+            && b.status != status
+        {
+            b.status = status;
+            self.changed[idx] = true;
         }
     }
 
@@ -221,10 +221,10 @@ impl<'a> Pass<'a> {
             Retry::Backoff => backoff(current, base, self.inner.opts.backoff_cap),
         };
         let mut at = now.plus_secs(interval);
-        if let Some(w) = self.wake_at {
-            if self.retry == Retry::Reset || w < at {
-                at = w;
-            }
+        if let Some(w) = self.wake_at
+            && (self.retry == Retry::Reset || w < at)
+        {
+            at = w;
         }
         let mut update = TxnUpdate::of(&self.original, now);
         if self.txn.status != self.original.status {

@@ -188,11 +188,9 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                 && !running[i]
                 && !blocked[i]
                 && dependents[i].iter().all(|&j| comp_done(pass, j));
-            if runnable {
-                if let Some(c) = steps.compensate[i] {
-                    running[i] = true;
-                    calls.push(pass.call(c));
-                }
+            if runnable && let Some(c) = steps.compensate[i] {
+                running[i] = true;
+                calls.push(pass.call(c));
             }
         }
         let Some((idx, outcome)) = calls.next().await else { break };
