@@ -66,7 +66,7 @@ pub(crate) fn parse_custom(custom_data: &str, steps: usize) -> Result<SagaCustom
         }
     }
     if let Some(stuck) = waiting.iter().position(|w| *w > 0) {
-        return Err(format!("custom_data.orders has a cycle: step {stuck} waits for itself through its prerequisites"));
+        return Err(format!("custom_data.orders has a cycle: step {stuck} can never run"));
     }
     Ok(custom)
 }
