@@ -62,21 +62,28 @@ async fn prepare(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> 
 pub(crate) fn submit_reply(outcome: SubmitOutcome) -> Result<()> {
     match outcome {
         SubmitOutcome::Accepted => Ok(()),
+        // A transaction that turned to `aborting` has its answer: it rolls back. A compensation still to be
+        // retried does not change that, so it is a 409 with the reason, as for `failed` (DTM does the same).
+        SubmitOutcome::Processed(result) if result.status == GlobalStatus::Aborting => {
+            Err(rolled_back(result.rollback_reason))
+        }
         SubmitOutcome::Processed(result) => pass_reply(result),
+    }
+}
+
+/// 409 with the rollback reason (DTM's text when there is none).
+fn rolled_back(rollback_reason: String) -> Error {
+    if rollback_reason.is_empty() {
+        Error::Failure("wait result not return success".to_owned())
+    } else {
+        Error::Failure(rollback_reason)
     }
 }
 
 fn pass_reply(result: PassResult) -> Result<()> {
     match result.status {
         GlobalStatus::Succeed => Ok(()),
-        GlobalStatus::Failed => {
-            let reason = if result.rollback_reason.is_empty() {
-                "wait result not return success".to_owned()
-            } else {
-                result.rollback_reason
-            };
-            Err(Error::Failure(reason))
-        }
+        GlobalStatus::Failed => Err(rolled_back(result.rollback_reason)),
         _ => match result.error {
             Some(PassError::Ongoing) => Err(Error::Ongoing("ONGOING".to_owned())),
             Some(PassError::Failure(m) | PassError::Error(m)) => Err(Error::Internal(m)),

@@ -7,8 +7,8 @@
 //! not recorded. What the write protects is the *decision*: a status change (e.g. `submitted` -> `aborting`)
 //! and the branch results that justify it land together, or not at all.
 //!
-//! Retry scheduling (spec §9.2, with a cap): success resets the interval to the base, ONGOING keeps it, an
-//! error doubles it up to `backoff_cap`.
+//! Retry scheduling (spec §9.2, with a cap): a branch that moved in the pass resets the interval to the base;
+//! then ONGOING keeps the interval and an error doubles it, up to `backoff_cap`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -276,7 +276,10 @@ impl<'a> Pass<'a> {
     async fn finish(self) -> PassResult {
         let now = self.inner.clock.now();
         let base = base_interval(&self.txn.options, &self.inner.opts);
-        let current = self.original.next_cron_interval.max(base);
+        // A branch that moved in this pass is progress: it resets the interval to the base before any
+        // ONGOING keeps it or an error doubles it (spec §9.2), so an earlier backoff does not carry over.
+        let progressed = self.changed.iter().any(|c| *c);
+        let current = if progressed { base } else { self.original.next_cron_interval.max(base) };
         let interval = match self.retry {
             Retry::Reset => base,
             Retry::Keep => current,
