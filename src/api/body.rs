@@ -59,14 +59,19 @@ pub(crate) struct TransBody {
 /// Parses JSON, reporting the path of the first bad field.
 pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::BadRequest("request body is empty; expected a JSON object".to_owned()));
+        return Err(Error::BadRequest(
+            "request body is empty; expected a JSON object".to_owned(),
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         // A syntax error has no field to name (its path is "?" or a partial one); serde's text has the position.
         if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
-            Error::BadRequest(format!("request body is not a valid JSON object: {}", e.inner()))
+            Error::BadRequest(format!(
+                "request body is not a valid JSON object: {}",
+                e.inner()
+            ))
         } else {
             Error::BadRequest(format!("field '{path}': {}", e.inner()))
         }
@@ -82,14 +87,19 @@ pub(crate) fn parse_gid(raw: &str) -> Result<Gid> {
 
 pub(crate) fn parse_trans_type(raw: &str) -> Result<TransType> {
     if raw.is_empty() {
-        return Err(Error::BadRequest("field 'trans_type' is required".to_owned()));
+        return Err(Error::BadRequest(
+            "field 'trans_type' is required".to_owned(),
+        ));
     }
-    raw.parse().map_err(|e| Error::BadRequest(format!("field 'trans_type': {e}")))
+    raw.parse()
+        .map_err(|e| Error::BadRequest(format!("field 'trans_type': {e}")))
 }
 
 fn check_url(field: &str, url: &str) -> Result<()> {
     if url.len() > MAX_URL {
-        return Err(Error::BadRequest(format!("field '{field}' is longer than {MAX_URL} bytes")));
+        return Err(Error::BadRequest(format!(
+            "field '{field}' is longer than {MAX_URL} bytes"
+        )));
     }
     Ok(())
 }
@@ -104,7 +114,9 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<()> {
         } else {
             continue;
         };
-        return Err(Error::BadRequest(format!("field 'branch_headers': '{name}' {problem}")));
+        return Err(Error::BadRequest(format!(
+            "field 'branch_headers': '{name}' {problem}"
+        )));
     }
     Ok(())
 }
@@ -117,7 +129,9 @@ impl TransBody {
         let protocol = if self.protocol.is_empty() {
             Protocol::Http
         } else {
-            self.protocol.parse().map_err(|e| Error::BadRequest(format!("field 'protocol': {e}")))?
+            self.protocol
+                .parse()
+                .map_err(|e| Error::BadRequest(format!("field 'protocol': {e}")))?
         };
         for (name, v) in [
             ("timeout_to_fail", self.timeout_to_fail),
@@ -126,7 +140,9 @@ impl TransBody {
             ("retry_limit", self.retry_limit),
         ] {
             if v < 0 {
-                return Err(Error::BadRequest(format!("field '{name}' must not be negative, got {v}")));
+                return Err(Error::BadRequest(format!(
+                    "field '{name}' must not be negative, got {v}"
+                )));
             }
         }
         check_url("query_prepared", &self.query_prepared)?;
@@ -138,7 +154,8 @@ impl TransBody {
                 }
             }
         }
-        validate_custom_data(trans_type, &self.custom_data, self.steps.len()).map_err(Error::BadRequest)?;
+        validate_custom_data(trans_type, &self.custom_data, self.steps.len())
+            .map_err(Error::BadRequest)?;
         Ok(TxnRequest {
             gid,
             trans_type,
@@ -193,19 +210,35 @@ pub(crate) fn parse_register(bytes: &[u8]) -> Result<RegisterBody> {
     let trans_type = parse_trans_type(&get("trans_type"))?;
     let branch_id = get("branch_id");
     if branch_id.is_empty() || branch_id.len() > 128 {
-        return Err(Error::BadRequest("field 'branch_id' is required (at most 128 bytes)".to_owned()));
+        return Err(Error::BadRequest(
+            "field 'branch_id' is required (at most 128 bytes)".to_owned(),
+        ));
     }
     for k in ["confirm", "cancel", "url"] {
         check_url(k, &get(k))?;
     }
-    Ok(RegisterBody { gid, trans_type, branch_id: BranchId::new(branch_id), data: get("data").into_bytes(), fields })
+    Ok(RegisterBody {
+        gid,
+        trans_type,
+        branch_id: BranchId::new(branch_id),
+        data: get("data").into_bytes(),
+        fields,
+    })
 }
 
 /// A query parameter parsed as a number, with a 400 naming it when it is not one.
-pub(crate) fn query_num<T: std::str::FromStr>(q: &HashMap<String, String>, name: &str, default: T) -> Result<T> {
+pub(crate) fn query_num<T: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: T,
+) -> Result<T> {
     match q.get(name).filter(|v| !v.is_empty()) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| Error::BadRequest(format!("query parameter '{name}' must be a number, got '{v}'"))),
+        Some(v) => v.parse().map_err(|_| {
+            Error::BadRequest(format!(
+                "query parameter '{name}' must be a number, got '{v}'"
+            ))
+        }),
     }
 }
 
@@ -237,9 +270,15 @@ mod tests {
 
     #[test]
     fn missing_or_unknown_required_fields_are_named() {
-        let err = parse_json::<TransBody>(br#"{"trans_type":"saga"}"#).unwrap().into_request().unwrap_err();
+        let err = parse_json::<TransBody>(br#"{"trans_type":"saga"}"#)
+            .unwrap()
+            .into_request()
+            .unwrap_err();
         assert!(err.to_string().contains("'gid'"), "{err}");
-        let err = parse_json::<TransBody>(br#"{"gid":"g","trans_type":"sag"}"#).unwrap().into_request().unwrap_err();
+        let err = parse_json::<TransBody>(br#"{"gid":"g","trans_type":"sag"}"#)
+            .unwrap()
+            .into_request()
+            .unwrap_err();
         assert!(err.to_string().contains("trans_type"), "{err}");
         let err = parse_json::<TransBody>(br#"{"gid":"g","trans_type":"saga","retry_limit":-1}"#)
             .unwrap()
@@ -252,10 +291,16 @@ mod tests {
     fn branch_headers_must_be_sendable() {
         let parse = |headers: &str| {
             let body = format!(r#"{{"gid":"g","trans_type":"saga","branch_headers":{headers}}}"#);
-            parse_json::<TransBody>(body.as_bytes()).unwrap().into_request()
+            parse_json::<TransBody>(body.as_bytes())
+                .unwrap()
+                .into_request()
         };
         assert!(parse(r#"{"test_header":"test","X-Trace":"a b"}"#).is_ok());
-        for bad in [r#"{"bad header":"x"}"#, r#"{"":"x"}"#, r#"{"x":"line\nbreak"}"#] {
+        for bad in [
+            r#"{"bad header":"x"}"#,
+            r#"{"":"x"}"#,
+            r#"{"x":"line\nbreak"}"#,
+        ] {
             let err = parse(bad).unwrap_err();
             assert!(err.to_string().contains("branch_headers"), "{bad}: {err}");
         }
@@ -263,9 +308,14 @@ mod tests {
 
     #[test]
     fn register_branch_takes_string_values_only() {
-        let err = parse_register(br#"{"gid":"g","trans_type":"tcc","branch_id":"01","x":1}"#).err().unwrap();
+        let err = parse_register(br#"{"gid":"g","trans_type":"tcc","branch_id":"01","x":1}"#)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("'x'"), "{err}");
-        let ok = parse_register(br#"{"gid":"g","trans_type":"tcc","branch_id":"01","data":"d","confirm":"u"}"#).unwrap();
+        let ok = parse_register(
+            br#"{"gid":"g","trans_type":"tcc","branch_id":"01","data":"d","confirm":"u"}"#,
+        )
+        .unwrap();
         assert_eq!(ok.data, b"d");
         assert_eq!(ok.fields["confirm"], "u");
     }

@@ -279,7 +279,11 @@ impl<'a> Pass<'a> {
         // A branch that moved in this pass is progress: it resets the interval to the base before any
         // ONGOING keeps it or an error doubles it (spec §9.2), so an earlier backoff does not carry over.
         let progressed = self.changed.iter().any(|c| *c);
-        let current = if progressed { base } else { self.original.next_cron_interval.max(base) };
+        let current = if progressed {
+            base
+        } else {
+            self.original.next_cron_interval.max(base)
+        };
         let interval = match self.retry {
             Retry::Reset => base,
             Retry::Keep => current,

@@ -40,15 +40,19 @@ pub(crate) fn parse_custom(custom_data: &str, steps: usize) -> Result<SagaCustom
     if custom_data.trim().is_empty() {
         return Ok(SagaCustom::default());
     }
-    let custom: SagaCustom =
-        serde_json::from_str(custom_data).map_err(|e| format!("custom_data is not valid saga options: {e}"))?;
+    let custom: SagaCustom = serde_json::from_str(custom_data)
+        .map_err(|e| format!("custom_data is not valid saga options: {e}"))?;
     // waiting[i]: prerequisites of step i not yet satisfied; dependents[p]: steps that wait for p.
     let mut waiting = vec![0usize; steps];
     let mut dependents = vec![Vec::new(); steps];
     for (k, prereqs) in &custom.orders {
-        let step: usize = k.parse().map_err(|_| format!("custom_data.orders key '{k}' is not a step index"))?;
+        let step: usize = k
+            .parse()
+            .map_err(|_| format!("custom_data.orders key '{k}' is not a step index"))?;
         if step >= steps || prereqs.iter().any(|p| *p >= steps || *p == step) {
-            return Err(format!("custom_data.orders entry '{k}' refers to a step outside 0..{steps} or to itself"));
+            return Err(format!(
+                "custom_data.orders entry '{k}' refers to a step outside 0..{steps} or to itself"
+            ));
         }
         waiting[step] = prereqs.len();
         for &p in prereqs {
@@ -66,27 +70,50 @@ pub(crate) fn parse_custom(custom_data: &str, steps: usize) -> Result<SagaCustom
         }
     }
     if let Some(stuck) = waiting.iter().position(|w| *w > 0) {
-        return Err(format!("custom_data.orders has a cycle: step {stuck} can never run"));
+        return Err(format!(
+            "custom_data.orders has a cycle: step {stuck} can never run"
+        ));
     }
     Ok(custom)
 }
 
 fn build_steps(pass: &Pass<'_>) -> Steps {
-    let action: Vec<usize> =
-        pass.branches.iter().enumerate().filter(|(_, b)| b.op == Op::Action).map(|(i, _)| i).collect();
-    let compensate =
-        action.iter().map(|&a| pass.find(pass.branches[a].branch_id.as_str(), Op::Compensate)).collect();
+    let action: Vec<usize> = pass
+        .branches
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.op == Op::Action)
+        .map(|(i, _)| i)
+        .collect();
+    let compensate = action
+        .iter()
+        .map(|&a| pass.find(pass.branches[a].branch_id.as_str(), Op::Compensate))
+        .collect();
     let n = action.len();
     let custom = parse_custom(&pass.txn.custom_data, n).unwrap_or_else(|e| {
         tracing::warn!(braid.gid = %pass.txn.gid, error = %e, "ignoring invalid saga custom_data");
         SagaCustom::default()
     });
     let prereqs = if custom.concurrent {
-        (0..n).map(|i| custom.orders.get(&i.to_string()).cloned().unwrap_or_default()).collect()
+        (0..n)
+            .map(|i| {
+                custom
+                    .orders
+                    .get(&i.to_string())
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
     } else {
-        (0..n).map(|i| if i == 0 { Vec::new() } else { vec![i - 1] }).collect()
+        (0..n)
+            .map(|i| if i == 0 { Vec::new() } else { vec![i - 1] })
+            .collect()
     };
-    Steps { action, compensate, prereqs }
+    Steps {
+        action,
+        compensate,
+        prereqs,
+    }
 }
 
 pub(crate) async fn process(pass: &mut Pass<'_>) {
@@ -112,7 +139,9 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                     let runnable = status_of(pass, i) == BranchStatus::Prepared
                         && !running[i]
                         && !blocked[i]
-                        && steps.prereqs[i].iter().all(|&p| status_of(pass, p) == BranchStatus::Succeed);
+                        && steps.prereqs[i]
+                            .iter()
+                            .all(|&p| status_of(pass, p) == BranchStatus::Succeed);
                     if runnable {
                         running[i] = true;
                         started[i] = true;
@@ -120,8 +149,12 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                     }
                 }
             }
-            let Some((idx, outcome)) = calls.next().await else { break };
-            let Some(i) = steps.action.iter().position(|&a| a == idx) else { continue };
+            let Some((idx, outcome)) = calls.next().await else {
+                break;
+            };
+            let Some(i) = steps.action.iter().position(|&a| a == idx) else {
+                continue;
+            };
             running[i] = false;
             match outcome {
                 CallOutcome::Success => pass.set_branch(idx, BranchStatus::Succeed),
@@ -139,7 +172,9 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                             running[i] = true;
                             calls.push(pass.call(idx));
                         } else {
-                            let reason = format!("RetryCount is greater than RetryLimit, RetryLimit: {limit}");
+                            let reason = format!(
+                                "RetryCount is greater than RetryLimit, RetryLimit: {limit}"
+                            );
                             pass.set_status(GlobalStatus::Aborting, Some(reason));
                             pass.note(&other);
                         }
@@ -150,7 +185,9 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                 }
             }
         }
-        if pass.txn.status == GlobalStatus::Submitted && (0..n).all(|i| status_of(pass, i) == BranchStatus::Succeed) {
+        if pass.txn.status == GlobalStatus::Submitted
+            && (0..n).all(|i| status_of(pass, i) == BranchStatus::Succeed)
+        {
             pass.set_status(GlobalStatus::Succeed, None);
             return;
         }
@@ -166,12 +203,17 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
     let possibly_ran: Vec<bool> = (0..n)
         .map(|i| {
             let runnable_now = status_of(pass, i) == BranchStatus::Prepared
-                && steps.prereqs[i].iter().all(|&p| status_of(pass, p) == BranchStatus::Succeed);
+                && steps.prereqs[i]
+                    .iter()
+                    .all(|&p| status_of(pass, p) == BranchStatus::Succeed);
             status_of(pass, i) != BranchStatus::Prepared || started[i] || runnable_now
         })
         .collect();
-    let comp_status = |pass: &Pass<'_>, i: usize| steps.compensate[i].map(|c| pass.branches[c].status);
-    let comp_done = |pass: &Pass<'_>, i: usize| !possibly_ran[i] || comp_status(pass, i) != Some(BranchStatus::Prepared);
+    let comp_status =
+        |pass: &Pass<'_>, i: usize| steps.compensate[i].map(|c| pass.branches[c].status);
+    let comp_done = |pass: &Pass<'_>, i: usize| {
+        !possibly_ran[i] || comp_status(pass, i) != Some(BranchStatus::Prepared)
+    };
     // dependents[i]: steps that listed i as a prerequisite; they are compensated first.
     let mut dependents = vec![Vec::new(); n];
     for (j, ps) in steps.prereqs.iter().enumerate() {
@@ -193,8 +235,12 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                 calls.push(pass.call(c));
             }
         }
-        let Some((idx, outcome)) = calls.next().await else { break };
-        let Some(i) = steps.compensate.iter().position(|&c| c == Some(idx)) else { continue };
+        let Some((idx, outcome)) = calls.next().await else {
+            break;
+        };
+        let Some(i) = steps.compensate.iter().position(|&c| c == Some(idx)) else {
+            continue;
+        };
         running[i] = false;
         if outcome.is_success() {
             pass.set_branch(idx, BranchStatus::Succeed);
@@ -218,12 +264,19 @@ mod tests {
         let c = parse_custom(r#"{"concurrent":true,"orders":{"1":[0]}}"#, 2).unwrap();
         assert!(c.concurrent);
         assert_eq!(c.orders["1"], vec![0]);
-        assert!(parse_custom(r#"{"orders":{"2":[0]}}"#, 2).unwrap_err().contains("'2'"));
+        assert!(
+            parse_custom(r#"{"orders":{"2":[0]}}"#, 2)
+                .unwrap_err()
+                .contains("'2'")
+        );
         assert!(parse_custom(r#"{"orders":{"1":[1]}}"#, 2).is_err());
         assert!(parse_custom(r#"{"orders":{"x":[0]}}"#, 2).is_err());
         let cycle = parse_custom(r#"{"orders":{"0":[2],"1":[0],"2":[1]}}"#, 3).unwrap_err();
         assert!(cycle.contains("cycle"), "{cycle}");
-        assert!(parse_custom(r#"{"orders":{"1":[0,0],"2":[0,1]}}"#, 3).is_ok(), "a diamond with a repeat is fine");
+        assert!(
+            parse_custom(r#"{"orders":{"1":[0,0],"2":[0,1]}}"#, 3).is_ok(),
+            "a diamond with a repeat is fine"
+        );
         assert!(parse_custom("not json", 2).is_err());
     }
 }
