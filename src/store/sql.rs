@@ -34,17 +34,11 @@ impl Dialect {
         }
     }
 
+    /// Whether `err` is a unique-key violation. `code()` cannot tell: MySQL reports the SQLSTATE there
+    /// (`23000`, shared by every integrity error), not the error number (1062), so ask the driver's own
+    /// classification (SQLite 2067/1555, MySQL ER_DUP_ENTRY and friends).
     fn is_duplicate_key(self, err: &sqlx::Error) -> bool {
-        let sqlx::Error::Database(db) = err else {
-            return false;
-        };
-        let code = db.code();
-        match self {
-            // 2067 SQLITE_CONSTRAINT_UNIQUE, 1555 SQLITE_CONSTRAINT_PRIMARYKEY
-            Self::Sqlite => matches!(code.as_deref(), Some("2067" | "1555")),
-            // ER_DUP_ENTRY
-            Self::Mysql => matches!(code.as_deref(), Some("1062")),
-        }
+        matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
     }
 }
 
