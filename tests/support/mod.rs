@@ -102,8 +102,36 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// GETs a dtmsvr route with query parameters (URL-encoded by the client).
+    pub async fn get_with(&self, route: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        Self::reply(self.http.get(format!("{}/{route}", self.dtm())).query(params)).await
+    }
+
+    /// Any method on any path of the server (`/api/metrics`, `/api/ping`, unknown routes, ...). The body, if
+    /// any, is sent as JSON; the reply body comes back as JSON when it parses, else as a string value.
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<String>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("http://{}{path}", self.server.http_addr));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        Self::reply(req).await
+    }
+
+    async fn reply(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body read");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Subscribes `url` to `topic` and expects 200.
+    pub async fn subscribe_ok(&self, topic: &str, url: &str) {
+        let (status, reply) = self.get_with("subscribe", &[("topic", topic), ("url", url), ("remark", "for test")]).await;
+        assert_eq!(status, 200, "subscribe {url} to {topic}: {reply}");
+        assert_eq!(reply["dtm_result"], "SUCCESS", "{reply}");
+    }
+
     /// Submits and expects 200.
-    #[track_caller]
     pub async fn submit_ok(&self, body: &Value) {
         let (status, reply) = self.post("submit", body).await;
         assert_eq!(status, 200, "submit failed: {reply}");
@@ -161,7 +189,6 @@ impl TestServer {
     }
 
     /// Forwards time, then runs one scan; asserts that exactly `gid` was picked.
-    #[track_caller]
     pub async fn cron_forward_expect(&self, secs: u64, gid: &str) {
         self.forward(secs);
         let picked = self.cron_once().await;
