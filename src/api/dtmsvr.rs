@@ -2,14 +2,12 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
-use axum::Router;
-use axum::body::Bytes;
+use axum::{Json, Router};
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 
-use super::body::{TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num};
+use super::body::{RawBody, TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num};
 use super::{AppState, Error, Result, render};
 use crate::engine::{PassError, PassResult, SubmitOutcome};
 use crate::model::{GlobalStatus, Gid, Millis, Subscriber, TOPICS_CAT, TransType};
@@ -51,7 +49,7 @@ async fn new_gid(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"gid": s.engine.new_gid().as_str(), "dtm_result": "SUCCESS"}))
 }
 
-async fn prepare(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn prepare(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let req = parse_json::<TransBody>(&body)?.into_request()?;
     s.engine.prepare(req).await?;
     Ok(success())
@@ -77,7 +75,7 @@ fn pass_reply(result: PassResult) -> Result<Json<Value>> {
     }
 }
 
-async fn submit(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn submit(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let req = parse_json::<TransBody>(&body)?.into_request()?;
     match s.engine.submit(req).await? {
         SubmitOutcome::Accepted => Ok(success()),
@@ -85,7 +83,7 @@ async fn submit(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
     }
 }
 
-async fn abort(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn abort(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let b: TransBody = parse_json(&body)?;
     let gid = parse_gid(&b.gid)?;
     let trans_type = parse_trans_type(&b.trans_type)?;
@@ -101,23 +99,23 @@ struct GidBody {
     gid: Option<String>,
 }
 
-fn gid_of(body: &Bytes) -> Result<Gid> {
+fn gid_of(body: &[u8]) -> Result<Gid> {
     let b: GidBody = parse_json(body)?;
     parse_gid(b.gid.as_deref().unwrap_or_default())
 }
 
-async fn force_stop(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn force_stop(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     s.engine.force_stop(&gid_of(&body)?).await?;
     Ok(success())
 }
 
-async fn register_branch(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn register_branch(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let b = parse_register(&body)?;
     s.engine.register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields).await?;
     Ok(success())
 }
 
-async fn prepare_workflow(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn prepare_workflow(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let mut req = parse_json::<TransBody>(&body)?.into_request()?;
     req.trans_type = TransType::Workflow;
     let (txn, branches) = s.engine.prepare_workflow(req).await?;
@@ -187,7 +185,7 @@ async fn reset_cron_time(State(s): State<AppState>, Query(q): Query<HashMap<Stri
     Ok(Json(json!({"has_remaining": count == u64::from(limit), "succeed_count": count})))
 }
 
-async fn reset_next_cron_time(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn reset_next_cron_time(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let gid = gid_of(&body)?;
     if !s.engine.store().reset_next_cron_time(&gid, s.engine.clock().now()).await? {
         return Err(Error::NotFound(format!("no transaction with gid '{gid}'")));

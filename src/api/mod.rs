@@ -41,6 +41,9 @@ pub enum Error {
     /// No such thing: 404.
     #[error("{0}")]
     NotFound(String),
+    /// The request body is over [`MAX_BODY_BYTES`]: 413.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// DTM FAILURE: 409.
     #[error("{0}")]
     Failure(String),
@@ -60,6 +63,7 @@ impl Error {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Failure(_) => StatusCode::CONFLICT,
             Self::Ongoing(_) => StatusCode::TOO_EARLY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,7 +104,11 @@ impl IntoResponse for Error {
         let body = match &self {
             Self::Failure(m) => json!({"dtm_result": "FAILURE", "message": m}),
             Self::Ongoing(m) => json!({"dtm_result": "ONGOING", "message": m}),
-            Self::BadRequest(m) | Self::NotFound(m) | Self::Unavailable(m) | Self::Internal(m) => {
+            Self::BadRequest(m)
+            | Self::NotFound(m)
+            | Self::PayloadTooLarge(m)
+            | Self::Unavailable(m)
+            | Self::Internal(m) => {
                 json!({"message": m})
             }
         };
