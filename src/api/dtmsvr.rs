@@ -1,8 +1,9 @@
 //! Handlers of `/api/dtmsvr/*` (spec §4.1).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
@@ -200,12 +201,20 @@ fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::BadRequest(format!("query parameter '{name}' is required")))
 }
 
+/// Serialises topic changes on this replica. Without it, concurrent subscribes to one topic race for its KV
+/// version and a request can lose every retry (20 at once did); with it, only other replicas can race, and the
+/// version check plus the retries below handle those.
+#[derive(Clone, Default)]
+pub(crate) struct TopicLock(Arc<tokio::sync::Mutex<()>>);
+
 /// Read-modify-write of a topic's subscriber list with the KV version as the guard; retried on lost races.
 async fn update_topic(
     s: &AppState,
+    lock: &TopicLock,
     topic: &str,
     change: impl Fn(Option<Vec<Subscriber>>) -> Result<Vec<Subscriber>>,
 ) -> Result<()> {
+    let _serialised = lock.0.lock().await;
     let store = s.engine.store();
     for _ in 0..10 {
         let now = s.engine.clock().now();
@@ -230,11 +239,15 @@ async fn update_topic(
     Err(Error::Ongoing(format!("topic '{topic}' is changing concurrently; retry")))
 }
 
-async fn subscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn subscribe(
+    State(s): State<AppState>,
+    Extension(lock): Extension<TopicLock>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let topic = required(&q, "topic")?;
     let url = required(&q, "url")?.to_owned();
     let remark = q.get("remark").cloned().unwrap_or_default();
-    update_topic(&s, topic, |subs| {
+    update_topic(&s, &lock, topic, |subs| {
         let mut subs = subs.unwrap_or_default();
         if subs.iter().any(|x| x.url == url) {
             return Err(Error::Failure(format!("this url exists: '{url}' already subscribes to topic '{topic}'")));
@@ -246,10 +259,14 @@ async fn subscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, St
     Ok(success())
 }
 
-async fn unsubscribe(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+async fn unsubscribe(
+    State(s): State<AppState>,
+    Extension(lock): Extension<TopicLock>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     let topic = required(&q, "topic")?;
     let url = required(&q, "url")?.to_owned();
-    update_topic(&s, topic, |subs| {
+    update_topic(&s, &lock, topic, |subs| {
         let Some(mut subs) = subs else {
             return Err(Error::NotFound(format!("topic '{topic}' not found")));
         };

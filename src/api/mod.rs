@@ -8,7 +8,7 @@ mod render;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
+use axum::{Extension, Router};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
+        .layer(Extension(dtmsvr::TopicLock::default()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| Error::Internal("internal error".to_owned()).into_response()))
         .with_state(state)
