@@ -137,12 +137,18 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
-/// Counts and times every request under DTM's metric names (api = last path segment of the route).
+/// Counts and times every request under DTM's metric names. `api` is the last literal segment of the route
+/// template (`/topic/{name}` counts as `topic`): DTM uses the raw URI, but a topic name or a query string
+/// would make the label unbounded.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let started = Instant::now();
     let response = next.run(req).await;
-    let api = route.as_deref().and_then(|r| r.rsplit('/').next()).unwrap_or("unmatched").to_lowercase();
+    let api = route
+        .as_deref()
+        .and_then(|r| r.rsplit('/').find(|seg| !seg.is_empty() && !seg.starts_with('{')))
+        .unwrap_or("unmatched")
+        .to_lowercase();
     let status = if response.status().as_u16() >= 400 { "fail" } else { "ok" };
     state.metrics.server_process.with_label_values(&["http", &api, status]).inc();
     state.metrics.server_response_duration.with_label_values(&["http", &api]).observe(started.elapsed().as_secs_f64());
