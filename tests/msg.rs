@@ -225,6 +225,68 @@ async fn msg_back_check_failure_fails_it(backend: Backend) {
     ts.stop().await;
 }
 
+/// A back-check that errors (HTTP 500) is retried with backoff: the interval doubles to 20 s.
+async fn msg_back_check_error_backs_off(backend: Backend) {
+    let busi = Busi::start().await;
+    let ts = TestServer::start(backend).await;
+    let g = gid("msg-backcheck-error");
+    let (status, reply) = ts.post("prepare", &trans_msg(&g, &busi)).await;
+    assert_eq!(status, 200, "{reply}");
+    busi.push("QueryPrepared", &["ERROR"]);
+    ts.cron_forward_expect(36, &g).await;
+    assert_eq!(ts.status(&g).await, "prepared");
+    assert_eq!(ts.query(&g).await["transaction"]["next_cron_interval"], 20);
+    ts.forward(11);
+    assert!(
+        ts.cron_once().await.is_empty(),
+        "backoff: not due after 11 s"
+    );
+    ts.cron_forward_expect(10, &g).await;
+    assert_eq!(ts.status(&g).await, "succeed");
+    assert_eq!(
+        calls_of(&busi, &g),
+        [
+            "QueryPrepared GET 00 msg msg",
+            "QueryPrepared GET 00 msg msg",
+            "TransOut POST 01 action msg",
+            "TransIn POST 02 action msg",
+        ]
+    );
+    ts.stop().await;
+}
+
+/// A submit of a msg that is already `submitted` is accepted and runs another pass over the stored branches.
+async fn msg_resubmit_while_submitted(backend: Backend) {
+    let busi = Busi::start().await;
+    let mut ts = TestServer::start(backend).await;
+    let g = gid("msg-resubmit");
+    busi.push("TransOut", &["ONGOING", "ONGOING"]);
+    ts.submit_ok(&trans_msg(&g, &busi)).await;
+    ts.wait_pass(&g).await;
+    assert_eq!(ts.status(&g).await, "submitted");
+    ts.submit_ok(&trans_msg(&g, &busi)).await;
+    ts.wait_pass(&g).await;
+    assert_eq!(ts.status(&g).await, "submitted");
+    assert_eq!(
+        ts.branch_statuses(&g).await,
+        ["prepared", "prepared"],
+        "still two branches"
+    );
+    ts.submit_ok(&trans_msg(&g, &busi)).await;
+    ts.wait_pass(&g).await;
+    assert_eq!(ts.status(&g).await, "succeed");
+    assert_eq!(
+        calls_of(&busi, &g),
+        [
+            "TransOut POST 01 action msg",
+            "TransOut POST 01 action msg",
+            "TransOut POST 01 action msg",
+            "TransIn POST 02 action msg",
+        ]
+    );
+    ts.stop().await;
+}
+
 /// A branch answering ONGOING stops the (sequential) pass; the scan finishes it after the retry interval.
 async fn msg_branch_ongoing_then_cron_succeeds(backend: Backend) {
     let busi = Busi::start().await;
@@ -580,6 +642,8 @@ on_both_stores!(
     msg_topic_fans_out_to_subscribers,
     msg_prepared_is_back_checked_after_timeout,
     msg_back_check_failure_fails_it,
+    msg_back_check_error_backs_off,
+    msg_resubmit_while_submitted,
     msg_branch_ongoing_then_cron_succeeds,
     msg_branch_failure_is_retried,
     msg_prepare_twice_then_submit,
