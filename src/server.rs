@@ -118,10 +118,8 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
-        let app = api::router(AppState {
-            engine: engine.clone(),
-            metrics: metrics.clone(),
-        });
+        let state = AppState::new(engine.clone(), metrics.clone());
+        let app = api::router(state.clone());
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -146,10 +144,7 @@ impl Server {
         let grpc_addr = grpc_listener
             .local_addr()
             .context("reading the gRPC listen address")?;
-        let grpc_service = api::grpc::service(AppState {
-            engine: engine.clone(),
-            metrics: metrics.clone(),
-        });
+        let grpc_service = api::grpc::service(state);
         let grpc_cancel = cancel.clone();
         let grpc = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()

@@ -4,10 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 use axum::http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 
-use super::{Error, Result};
+use super::{Error, MAX_BODY_BYTES, Result};
 use crate::engine::{TxnRequest, validate_custom_data};
 use crate::model::{BranchId, Gid, Protocol, TransOptions, TransType};
 
@@ -56,18 +59,26 @@ pub(crate) struct TransBody {
     pub req_extra: BTreeMap<String, String>,
 }
 
-/// Parses JSON, reporting the path of the first bad field.
+/// Parses a JSON object, reporting the path of the first bad field.
 pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::BadRequest(
-            "request body is empty; expected a JSON object".to_owned(),
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(Error::BadRequest(
+                "request body is empty; expected a JSON object".to_owned(),
+            ));
+        }
+        // serde would read a struct from an array too, and then blame a field like `[0]`.
+        Some(b) if *b != b'{' => {
+            let msg = "request body is not a valid JSON object: it must start with '{'";
+            return Err(Error::BadRequest(msg.to_owned()));
+        }
+        Some(_) => {}
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        // A syntax error has no field to name (its path is "?" or a partial one); serde's text has the position.
-        if path == "." || e.inner().is_syntax() || e.inner().is_eof() {
+        // A syntax error has no meaningful field path (serde_path_to_error reports `?` inside an object).
+        if path == "." || !e.inner().is_data() {
             Error::BadRequest(format!(
                 "request body is not a valid JSON object: {}",
                 e.inner()
@@ -76,6 +87,29 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T
             Error::BadRequest(format!("field '{path}': {}", e.inner()))
         }
     })
+}
+
+/// The raw request body. Unlike a bare `Bytes` extractor, its rejections (a body over
+/// [`MAX_BODY_BYTES`], an unreadable body) answer in the API's JSON error format.
+pub(crate) struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let rejection = match Bytes::from_request(req, state).await {
+            Ok(bytes) => return Ok(Self(bytes)),
+            Err(rejection) => rejection,
+        };
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let limit = format!("request body is larger than the limit of {MAX_BODY_BYTES} bytes");
+            return Err(Error::PayloadTooLarge(limit));
+        }
+        Err(Error::BadRequest(format!(
+            "request body could not be read: {}",
+            rejection.body_text()
+        )))
+    }
 }
 
 pub(crate) fn parse_gid(raw: &str) -> Result<Gid> {
@@ -254,6 +288,10 @@ mod tests {
         assert!(err.to_string().contains("steps[0].action"), "{err}");
         let err = parse_json::<TransBody>(b"{not json").unwrap_err();
         assert!(err.to_string().contains("not a valid JSON"), "{err}");
+        let err = parse_json::<TransBody>(br#"{"gid":"g","#).unwrap_err();
+        assert!(err.to_string().contains("not a valid JSON"), "{err}");
+        let err = parse_json::<TransBody>(br#"["g","saga"]"#).unwrap_err();
+        assert!(err.to_string().contains("not a valid JSON object"), "{err}");
         let err = parse_json::<TransBody>(b"").unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
     }

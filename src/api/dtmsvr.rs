@@ -1,15 +1,16 @@
 //! Handlers of `/api/dtmsvr/*` (spec §4.1).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use axum::Json;
-use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post};
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::body::{TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num};
+use super::body::{
+    RawBody, TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num,
+};
 use super::{AppState, Error, Result, render};
 use crate::engine::{PassError, PassResult, SubmitOutcome};
 use crate::model::{Gid, GlobalStatus, Millis, Subscriber, TOPICS_CAT, TransType};
@@ -51,7 +52,7 @@ async fn new_gid(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"gid": s.engine.new_gid().as_str(), "dtm_result": "SUCCESS"}))
 }
 
-async fn prepare(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn prepare(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let req = parse_json::<TransBody>(&body)?.into_request()?;
     s.engine.prepare(req).await?;
     Ok(success())
@@ -95,13 +96,13 @@ fn pass_reply(result: PassResult) -> Result<()> {
     }
 }
 
-async fn submit(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn submit(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let req = parse_json::<TransBody>(&body)?.into_request()?;
     submit_reply(s.engine.submit(req).await?)?;
     Ok(success())
 }
 
-async fn abort(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn abort(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let b: TransBody = parse_json(&body)?;
     let gid = parse_gid(&b.gid)?;
     let trans_type = parse_trans_type(&b.trans_type)?;
@@ -115,17 +116,17 @@ struct GidBody {
     gid: Option<String>,
 }
 
-fn gid_of(body: &Bytes) -> Result<Gid> {
+fn gid_of(body: &[u8]) -> Result<Gid> {
     let b: GidBody = parse_json(body)?;
     parse_gid(b.gid.as_deref().unwrap_or_default())
 }
 
-async fn force_stop(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn force_stop(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     s.engine.force_stop(&gid_of(&body)?).await?;
     Ok(success())
 }
 
-async fn register_branch(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn register_branch(State(s): State<AppState>, RawBody(body): RawBody) -> Result<Json<Value>> {
     let b = parse_register(&body)?;
     s.engine
         .register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields)
@@ -133,7 +134,10 @@ async fn register_branch(State(s): State<AppState>, body: Bytes) -> Result<Json<
     Ok(success())
 }
 
-async fn prepare_workflow(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn prepare_workflow(
+    State(s): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>> {
     let mut req = parse_json::<TransBody>(&body)?.into_request()?;
     req.trans_type = TransType::Workflow;
     let (txn, branches) = s.engine.prepare_workflow(req).await?;
@@ -248,7 +252,10 @@ async fn reset_cron_time(
     ))
 }
 
-async fn reset_next_cron_time(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+async fn reset_next_cron_time(
+    State(s): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>> {
     let gid = gid_of(&body)?;
     if !s
         .engine
@@ -268,12 +275,19 @@ fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::BadRequest(format!("query parameter '{name}' is required")))
 }
 
+/// Serialises topic changes on this replica. Without it, concurrent subscribes to one topic race for its KV
+/// version and a request can lose every retry (20 at once did); with it, only other replicas can race, and the
+/// version check plus the retries below handle those.
+#[derive(Clone, Default)]
+pub(crate) struct TopicLock(Arc<tokio::sync::Mutex<()>>);
+
 /// Read-modify-write of a topic's subscriber list with the KV version as the guard; retried on lost races.
 pub(crate) async fn update_topic(
     s: &AppState,
     topic: &str,
     change: impl Fn(Option<Vec<Subscriber>>) -> Result<Vec<Subscriber>>,
 ) -> Result<()> {
+    let _serialised = s.topic_lock.0.lock().await;
     let store = s.engine.store();
     for _ in 0..10 {
         let now = s.engine.clock().now();

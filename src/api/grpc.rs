@@ -20,6 +20,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
             Error::BadRequest(m) => Status::invalid_argument(m),
+            Error::PayloadTooLarge(m) => Status::resource_exhausted(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::Failure(m) => Status::aborted(m),
             Error::Ongoing(m) => Status::failed_precondition(m),

@@ -32,6 +32,19 @@ pub struct AppState {
     pub engine: Engine,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// Serialises topic read-modify-writes on this replica (the KV version still guards across replicas).
+    topic_lock: dtmsvr::TopicLock,
+}
+
+impl AppState {
+    /// State for the HTTP and gRPC APIs; clone it to share between them.
+    pub fn new(engine: Engine, metrics: Arc<Metrics>) -> Self {
+        Self {
+            engine,
+            metrics,
+            topic_lock: dtmsvr::TopicLock::default(),
+        }
+    }
 }
 
 /// API errors; each has one HTTP status.
@@ -43,6 +56,9 @@ pub enum Error {
     /// No such thing: 404.
     #[error("{0}")]
     NotFound(String),
+    /// The request body is over [`MAX_BODY_BYTES`]: 413.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// DTM FAILURE: 409.
     #[error("{0}")]
     Failure(String),
@@ -62,6 +78,7 @@ impl Error {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Failure(_) => StatusCode::CONFLICT,
             Self::Ongoing(_) => StatusCode::TOO_EARLY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,7 +119,11 @@ impl IntoResponse for Error {
         let body = match &self {
             Self::Failure(m) => json!({"dtm_result": "FAILURE", "message": m}),
             Self::Ongoing(m) => json!({"dtm_result": "ONGOING", "message": m}),
-            Self::BadRequest(m) | Self::NotFound(m) | Self::Unavailable(m) | Self::Internal(m) => {
+            Self::BadRequest(m)
+            | Self::NotFound(m)
+            | Self::PayloadTooLarge(m)
+            | Self::Unavailable(m)
+            | Self::Internal(m) => {
                 json!({"message": m})
             }
         };
@@ -142,7 +163,9 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Counts and times every request under DTM's metric names (api = last path segment of the route).
+/// Counts and times every request under DTM's metric names. `api` is the last literal segment of the route
+/// template (`/topic/{name}` counts as `topic`): DTM uses the raw URI, but a topic name or a query string
+/// would make the label unbounded.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -152,7 +175,10 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let response = next.run(req).await;
     let api = route
         .as_deref()
-        .and_then(|r| r.rsplit('/').next())
+        .and_then(|r| {
+            r.rsplit('/')
+                .find(|seg| !seg.is_empty() && !seg.starts_with('{'))
+        })
         .unwrap_or("unmatched")
         .to_lowercase();
     let status = if response.status().as_u16() >= 400 {

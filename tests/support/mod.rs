@@ -1,6 +1,7 @@
 //! Shared harness of the integration tests: a braid server started in-process on a fresh SQLite file or a
 //! fresh MariaDB database, and a test business service (DTM's `busi`) that records every call it receives.
-#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+// Harness code: a panic is how a test fails, so `expect` is the assertion here.
+#![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 pub mod busi;
 
@@ -128,6 +129,59 @@ impl TestServer {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// GETs a dtmsvr route with query parameters (URL-encoded by the client). The request is built at once,
+    /// so the future borrows nothing (many can run together).
+    pub fn get_with(
+        &self,
+        route: &str,
+        params: &[(&str, &str)],
+    ) -> impl Future<Output = (u16, Value)> + use<> {
+        Self::reply(
+            self.http
+                .get(format!("{}/{route}", self.dtm()))
+                .query(params),
+        )
+    }
+
+    /// Any method on any path of the server (`/api/metrics`, `/api/ping`, unknown routes, ...). The body, if
+    /// any, is sent as JSON; the reply body comes back as JSON when it parses, else as a string value.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.server.http_addr));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        Self::reply(req).await
+    }
+
+    async fn reply(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body read");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Subscribes `url` to `topic` and expects 200.
+    pub async fn subscribe_ok(&self, topic: &str, url: &str) {
+        let (status, reply) = self
+            .get_with(
+                "subscribe",
+                &[("topic", topic), ("url", url), ("remark", "for test")],
+            )
+            .await;
+        assert_eq!(status, 200, "subscribe {url} to {topic}: {reply}");
+        assert_eq!(reply["dtm_result"], "SUCCESS", "{reply}");
     }
 
     /// Submits and expects 200.
