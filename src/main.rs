@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use braid::admin::AdminClient;
 use braid::config::{Config, ServeArgs};
 use braid::server::{Server, StartOptions};
 
@@ -22,6 +23,42 @@ enum Command {
     Serve(ServeArgs),
     /// Create or upgrade the store schema, then exit.
     Migrate(ServeArgs),
+    /// Show a transaction and its branches (asks a running server).
+    Query {
+        /// The global transaction id.
+        gid: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List transactions, newest first (asks a running server).
+    List {
+        /// Only this status (prepared, submitted, aborting, succeed, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue after this position (the `next_position` of the previous page).
+        #[arg(long)]
+        position: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Mark an unfinished transaction failed without calling its branches (use with caution).
+    ForceStop {
+        /// The global transaction id.
+        gid: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+/// Which server the admin commands talk to.
+#[derive(Debug, clap::Args)]
+struct ServerArg {
+    /// Base URL of a running braid server.
+    #[arg(long, env = "BRAID_SERVER", default_value = "http://127.0.0.1:36789")]
+    server: String,
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,11 +82,35 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs an admin command and prints the server's answer as pretty JSON.
+async fn admin(command: Command) -> anyhow::Result<()> {
+    let answer = match command {
+        Command::Query { gid, server } => AdminClient::new(&server.server)?.query(&gid).await?,
+        Command::List {
+            status,
+            limit,
+            position,
+            server,
+        } => {
+            AdminClient::new(&server.server)?
+                .list(status.as_deref(), limit, position.as_deref())
+                .await?
+        }
+        Command::ForceStop { gid, server } => {
+            AdminClient::new(&server.server)?.force_stop(&gid).await?
+        }
+        Command::Serve(_) | Command::Migrate(_) => anyhow::bail!("not an admin command"),
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (command, args) = match cli.command {
         None => ("serve", cli.serve),
         Some(Command::Serve(a)) => ("serve", a),
         Some(Command::Migrate(a)) => ("migrate", a),
+        Some(other) => return admin(other).await,
     };
     let config = Config::load(&args)?;
     braid::telemetry::init(&config.log_level, config.log_format)?;

@@ -115,6 +115,8 @@ pub struct PassEvent {
     pub gid: Gid,
     /// Its status after the pass (as this pass left it).
     pub status: GlobalStatus,
+    /// What the pass reported (status, rollback reason, why it is not finished).
+    pub result: PassResult,
 }
 
 /// Checks `custom_data` for a transaction type: saga `orders` must name existing steps, msg `delay` must be
@@ -769,6 +771,24 @@ impl Engine {
         });
     }
 
+    /// The stored state of `txn` as a pass result (when the pass that moved it is not ours to report).
+    async fn stored_result(&self, txn: &GlobalTxn) -> PassResult {
+        match self.inner.store.find_txn(&txn.gid).await {
+            Ok(Some(t)) => PassResult {
+                status: t.status,
+                rollback_reason: t.rollback_reason,
+                error: None,
+            },
+            Ok(None) | Err(_) => PassResult {
+                status: txn.status,
+                rollback_reason: txn.rollback_reason.clone(),
+                error: Some(PassError::Error(
+                    "could not read the transaction back".to_owned(),
+                )),
+            },
+        }
+    }
+
     /// Runs one processing pass now. If a pass for this gid is already running here, waits for it and
     /// reports its outcome instead of running a second one.
     pub async fn run_pass(&self, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
@@ -780,20 +800,20 @@ impl Engine {
         if !claimed {
             loop {
                 match events.recv().await {
-                    Ok(ev) if ev.gid == txn.gid => {
-                        return PassResult {
-                            status: ev.status,
-                            rollback_reason: String::new(),
-                            error: None,
-                        };
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return PassResult {
-                            status: txn.status,
-                            rollback_reason: String::new(),
-                            error: None,
-                        };
+                    Ok(ev) if ev.gid == txn.gid => return ev.result,
+                    Ok(_) => {}
+                    // Missed events (or none will come): if the other pass is over, report what it stored.
+                    Err(
+                        broadcast::error::RecvError::Lagged(_)
+                        | broadcast::error::RecvError::Closed,
+                    ) => {
+                        if !self.is_inflight(&txn.gid) {
+                            return self.stored_result(&txn).await;
+                        }
+                        events = self.inner.events.subscribe();
+                        if !self.is_inflight(&txn.gid) {
+                            return self.stored_result(&txn).await;
+                        }
                     }
                 }
             }
@@ -816,6 +836,7 @@ impl Engine {
         let _ = self.inner.events.send(PassEvent {
             gid,
             status: result.status,
+            result: result.clone(),
         });
         result
     }
