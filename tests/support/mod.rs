@@ -1,7 +1,7 @@
 //! Shared harness of the integration tests: a braid server started in-process on a fresh SQLite file or a
 //! fresh MariaDB database, and a test business service (DTM's `busi`) that records every call it receives.
 // Harness code: a panic is how a test fails, so `expect` is the assertion here.
-#![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 pub mod busi;
 
