@@ -144,6 +144,8 @@ pub fn router(state: AppState) -> Router {
             any(|| async { axum::Json(json!({"msg": "pong"})) }),
         )
         .route("/api/metrics", get(metrics_text))
+        .route("/", get(admin_page))
+        .route("/admin", get(admin_page))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -151,6 +153,11 @@ pub fn router(state: AppState) -> Router {
             Error::Internal("internal error".to_owned()).into_response()
         }))
         .with_state(state)
+}
+
+/// The admin page: list, filter and inspect transactions; force-stop or retry one now.
+async fn admin_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("admin.html"))
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
