@@ -82,10 +82,20 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => Self::Unavailable(e),
-            sqlx::Error::Database(db) if is_transient_db_error(db.code().as_deref()) => Self::Unavailable(e),
+            sqlx::Error::Database(db) if is_transient_db_error(vendor_code(db.as_ref()).as_deref()) => Self::Unavailable(e),
             _ => Self::Query(e),
         }
     }
+}
+
+/// The vendor's error code: MySQL's error number (its `code()` is only the SQLSTATE, e.g. `23000` for every
+/// integrity error and `HY000` for lock wait timeouts), SQLite's extended result code.
+pub(crate) fn vendor_code(db: &dyn sqlx::error::DatabaseError) -> Option<String> {
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return Some(my.number().to_string());
+    }
+    db.code().map(std::borrow::Cow::into_owned)
 }
 
 /// Deadlocks, lock wait timeouts, busy databases and server shutdowns: worth retrying.

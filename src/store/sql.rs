@@ -38,7 +38,8 @@ impl Dialect {
         let sqlx::Error::Database(db) = err else {
             return false;
         };
-        let code = db.code();
+        // Compare vendor codes: MySQL's `code()` is the SQLSTATE (`23000`), never the error number.
+        let code = super::vendor_code(db.as_ref());
         match self {
             // 2067 SQLITE_CONSTRAINT_UNIQUE, 1555 SQLITE_CONSTRAINT_PRIMARYKEY
             Self::Sqlite => matches!(code.as_deref(), Some("2067" | "1555")),
