@@ -8,7 +8,7 @@ use support::{Backend, Busi, TestServer, gid, saga_body};
 
 async fn saga_normal(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-normal");
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "")).await;
     ts.wait_pass(&g).await;
@@ -24,7 +24,7 @@ async fn saga_normal(backend: Backend) {
 
 async fn saga_rollback_compensates_in_reverse_order(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-rollback");
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "FAILURE")).await;
     ts.wait_pass(&g).await;
@@ -38,7 +38,7 @@ async fn saga_rollback_compensates_in_reverse_order(backend: Backend) {
 
 async fn saga_ongoing_then_cron_succeeds(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-ongoing");
     busi.push("TransOut", &["ONGOING"]);
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "")).await;
