@@ -128,6 +128,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    state.engine.refresh_store_gauges().await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
