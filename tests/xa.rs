@@ -140,6 +140,10 @@ async fn xa_prepared_timeout_rolls_back(backend: Backend) {
     assert_eq!(ts.rollback_reason(&g).await, "Timeout after 35 seconds");
     assert_eq!(gauge(&ts.metrics().await, STUCK_ROLLBACK), 1);
     assert_eq!(rm.recover().await, [format!("{g}-01")]);
+    // A branch that arrives after the timeout cannot register, so its RM rolls its local work back.
+    let late = support::busi::req(30, "", "");
+    assert_eq!(rm.call_action("TransInXa", &ts.dtm(), &g, "02", &late).await, 409);
+    assert_eq!(rm.recover().await, [format!("{g}-01")], "the late branch left nothing prepared");
 
     ts.cron_forward_expect(21, &g).await;
     assert_eq!(ts.status(&g).await, "failed");
