@@ -2,6 +2,9 @@
 //! its error codes, and transactions with `protocol: "json-rpc"` whose branches are called over JSON-RPC
 //! when their URL names a `method`.
 
+// Panicking is how a test fails; clippy's allow-*-in-tests does not reach the scenario fns and the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use serde_json::{Value, json};
@@ -9,7 +12,13 @@ use support::{Backend, Busi, TestServer, gid};
 
 /// The error code of a JSON-RPC reply (0 when there is no error).
 fn code(reply: &Value) -> i64 {
-    if reply["error"].is_null() { 0 } else { reply["error"]["code"].as_i64().expect("error.code is a number") }
+    if reply["error"].is_null() {
+        0
+    } else {
+        reply["error"]["code"]
+            .as_i64()
+            .expect("error.code is a number")
+    }
 }
 
 fn jrpc_saga(g: &str, busi: &Busi, in_result: &str) -> Value {
@@ -38,8 +47,16 @@ fn jrpc_msg(g: &str, busi: &Busi) -> Value {
 async fn json_rpc_endpoint_answers_in_the_envelope(backend: Backend) {
     let ts = TestServer::start(backend).await;
     let reply = ts.json_rpc("newGid", Value::Null).await;
-    assert_eq!((&reply["jsonrpc"], &reply["id"], code(&reply)), (&json!("2.0"), &json!("1"), 0), "{reply}");
-    assert_eq!(reply["result"]["gid"].as_str().map(str::len), Some(22), "{reply}");
+    assert_eq!(
+        (&reply["jsonrpc"], &reply["id"], code(&reply)),
+        (&json!("2.0"), &json!("1"), 0),
+        "{reply}"
+    );
+    assert_eq!(
+        reply["result"]["gid"].as_str().map(str::len),
+        Some(22),
+        "{reply}"
+    );
 
     let cases: &[(&str, i64)] = &[
         ("{not json", -32700),
@@ -48,19 +65,44 @@ async fn json_rpc_endpoint_answers_in_the_envelope(backend: Backend) {
         (r#"{"jsonrpc":"1.0","id":"7","method":"newGid"}"#, -32600),
         (r#"{"jsonrpc":"2.0","id":"7","method":"fooBar"}"#, -32601),
         // braid answers bad params with JSON-RPC's "invalid params" (DTM: -32603); the message names the field.
-        (r#"{"jsonrpc":"2.0","id":"7","method":"prepare","params":{"trans_type":"msg"}}"#, -32602),
-        (r#"{"jsonrpc":"2.0","id":"7","method":"abort","params":{"gid":"no-such-gid","trans_type":"tcc"}}"#, -32603),
-        (r#"{"jsonrpc":"2.0","id":"7","method":"registerBranch","params":{"gid":"no-such-gid","trans_type":"tcc","branch_id":"01"}}"#, -32901),
+        (
+            r#"{"jsonrpc":"2.0","id":"7","method":"prepare","params":{"trans_type":"msg"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"7","method":"abort","params":{"gid":"no-such-gid","trans_type":"tcc"}}"#,
+            -32603,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"7","method":"registerBranch","params":{"gid":"no-such-gid","trans_type":"tcc","branch_id":"01"}}"#,
+            -32901,
+        ),
     ];
     for (i, (body, want)) in cases.iter().enumerate() {
         let reply = ts.json_rpc_raw(body).await;
         assert_eq!(code(&reply), *want, "case {i}: {body} -> {reply}");
         assert_eq!(reply["result"], Value::Null, "case {i}");
     }
-    let reply = ts.json_rpc_raw(r#"{"jsonrpc":"2.0","id":"7","method":"prepare","params":{"trans_type":"msg"}}"#).await;
-    assert!(reply["error"]["message"].as_str().unwrap_or_default().contains("'gid'"), "{reply}");
-    let reply = ts.json_rpc_raw(r#"{"jsonrpc":"2.0","id":42,"method":"newGid"}"#).await;
-    assert_eq!((code(&reply), &reply["id"]), (0, &json!(42)), "a numeric id is echoed: {reply}");
+    let reply = ts
+        .json_rpc_raw(
+            r#"{"jsonrpc":"2.0","id":"7","method":"prepare","params":{"trans_type":"msg"}}"#,
+        )
+        .await;
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'gid'"),
+        "{reply}"
+    );
+    let reply = ts
+        .json_rpc_raw(r#"{"jsonrpc":"2.0","id":42,"method":"newGid"}"#)
+        .await;
+    assert_eq!(
+        (code(&reply), &reply["id"]),
+        (0, &json!(42)),
+        "a numeric id is echoed: {reply}"
+    );
     ts.stop().await;
 }
 
@@ -69,28 +111,81 @@ async fn json_rpc_methods_drive_transactions(backend: Backend) {
     let ts = TestServer::start(backend).await;
 
     let g = gid("jrpc-api-saga");
-    let reply = ts.json_rpc("submit", support::saga_body(&g, &busi.url(), "", "")).await;
-    assert_eq!((code(&reply), &reply["result"]), (0, &Value::Null), "{reply}");
+    let reply = ts
+        .json_rpc("submit", support::saga_body(&g, &busi.url(), "", ""))
+        .await;
+    assert_eq!(
+        (code(&reply), &reply["result"]),
+        (0, &Value::Null),
+        "{reply}"
+    );
     ts.wait_pass(&g).await;
     assert_eq!(ts.status(&g).await, "succeed");
 
     let g = gid("jrpc-api-tcc");
-    assert_eq!(code(&ts.json_rpc("prepare", json!({"gid": g, "trans_type": "tcc"})).await), 0);
+    assert_eq!(
+        code(
+            &ts.json_rpc("prepare", json!({"gid": g, "trans_type": "tcc"}))
+                .await
+        ),
+        0
+    );
     let data = support::busi::req(30, "", "");
-    let reply = ts.json_rpc("registerBranch", support::tcc_branch(&g, "01", &busi.url(), "TransOut", &data)).await;
+    let reply = ts
+        .json_rpc(
+            "registerBranch",
+            support::tcc_branch(&g, "01", &busi.url(), "TransOut", &data),
+        )
+        .await;
     assert_eq!(code(&reply), 0, "{reply}");
-    let reply = ts.json_rpc("registerBranch", json!({"gid": g, "trans_type": "tcc", "branch_id": "02", "amount": 1})).await;
-    assert_eq!(code(&reply), -32602, "non-string values are refused: {reply}");
-    assert_eq!(code(&ts.json_rpc("submit", json!({"gid": g, "trans_type": "tcc"})).await), 0);
+    let reply = ts
+        .json_rpc(
+            "registerBranch",
+            json!({"gid": g, "trans_type": "tcc", "branch_id": "02", "amount": 1}),
+        )
+        .await;
+    assert_eq!(
+        code(&reply),
+        -32602,
+        "non-string values are refused: {reply}"
+    );
+    assert_eq!(
+        code(
+            &ts.json_rpc("submit", json!({"gid": g, "trans_type": "tcc"}))
+                .await
+        ),
+        0
+    );
     ts.wait_pass(&g).await;
     assert_eq!(ts.status(&g).await, "succeed");
     assert_eq!(busi.routes_of(&g), ["TransOutConfirm"]);
-    let reply = ts.json_rpc("prepare", json!({"gid": g, "trans_type": "tcc"})).await;
-    assert_eq!(code(&reply), -32901, "prepare of a finished transaction is a FAILURE: {reply}");
+    let reply = ts
+        .json_rpc("prepare", json!({"gid": g, "trans_type": "tcc"}))
+        .await;
+    assert_eq!(
+        code(&reply),
+        -32901,
+        "prepare of a finished transaction is a FAILURE: {reply}"
+    );
 
     let g = gid("jrpc-api-abort");
-    assert_eq!(code(&ts.json_rpc("prepare", json!({"gid": g, "trans_type": "msg", "query_prepared": busi.url()})).await), 0);
-    assert_eq!(code(&ts.json_rpc("abort", json!({"gid": g, "trans_type": "msg"})).await), 0);
+    assert_eq!(
+        code(
+            &ts.json_rpc(
+                "prepare",
+                json!({"gid": g, "trans_type": "msg", "query_prepared": busi.url()})
+            )
+            .await
+        ),
+        0
+    );
+    assert_eq!(
+        code(
+            &ts.json_rpc("abort", json!({"gid": g, "trans_type": "msg"}))
+                .await
+        ),
+        0
+    );
     assert_eq!(ts.status(&g).await, "failed");
 
     let g = gid("jrpc-api-wait");
@@ -98,14 +193,24 @@ async fn json_rpc_methods_drive_transactions(backend: Backend) {
     body["wait_result"] = json!(true);
     let reply = ts.json_rpc("submit", body).await;
     assert_eq!(code(&reply), -32901, "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap_or_default().contains("Insufficient balance"), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Insufficient balance"),
+        "{reply}"
+    );
 
     let g = gid("jrpc-api-ongoing");
     busi.push("TransOut", &["ONGOING"]);
     let mut body = support::saga_body(&g, &busi.url(), "", "");
     body["wait_result"] = json!(true);
     let reply = ts.json_rpc("submit", body).await;
-    assert_eq!(code(&reply), -32902, "braid reports a wait_result ONGOING as -32902 (DTM: -32603): {reply}");
+    assert_eq!(
+        code(&reply),
+        -32902,
+        "braid reports a wait_result ONGOING as -32902 (DTM: -32603): {reply}"
+    );
     ts.stop().await;
 }
 
@@ -117,11 +222,27 @@ async fn json_rpc_branches_are_called_with_the_url_method(backend: Backend) {
     ts.wait_pass(&g).await;
     assert_eq!(ts.status(&g).await, "succeed");
     assert_eq!(busi.routes_of(&g), ["jrpc:TransOut", "jrpc:TransIn"]);
-    let call = busi.calls().into_iter().find(|c| c.gid == g).expect("a JSON-RPC call");
+    let call = busi
+        .calls()
+        .into_iter()
+        .find(|c| c.gid == g)
+        .expect("a JSON-RPC call");
     let params: Value = serde_json::from_str(&call.body).expect("params are JSON");
     assert_eq!(
-        (&params["amount"], &params["gid"], &params["trans_type"], &params["branch_id"], &params["op"]),
-        (&json!(30), &json!(g), &json!("msg"), &json!("01"), &json!("action")),
+        (
+            &params["amount"],
+            &params["gid"],
+            &params["trans_type"],
+            &params["branch_id"],
+            &params["op"]
+        ),
+        (
+            &json!(30),
+            &json!(g),
+            &json!("msg"),
+            &json!("01"),
+            &json!("action")
+        ),
         "params = payload + the DTM fields: {params}"
     );
 
@@ -146,11 +267,23 @@ async fn json_rpc_branch_error_codes_are_honoured(backend: Backend) {
         ts.submit_ok(&jrpc_msg(&g, &busi)).await;
         ts.wait_pass(&g).await;
         assert_eq!(ts.status(&g).await, "submitted", "{result}");
-        assert_eq!(ts.branch_statuses(&g).await, ["prepared", "prepared"], "{result}");
-        assert_eq!(ts.query(&g).await["transaction"]["next_cron_interval"], interval, "{result}");
+        assert_eq!(
+            ts.branch_statuses(&g).await,
+            ["prepared", "prepared"],
+            "{result}"
+        );
+        assert_eq!(
+            ts.query(&g).await["transaction"]["next_cron_interval"],
+            interval,
+            "{result}"
+        );
         ts.cron_forward_expect(interval as u64 + 1, &g).await;
         assert_eq!(ts.status(&g).await, "succeed", "{result}");
-        assert_eq!(busi.routes_of(&g), ["jrpc:TransOut", "jrpc:TransOut", "jrpc:TransIn"], "{result}");
+        assert_eq!(
+            busi.routes_of(&g),
+            ["jrpc:TransOut", "jrpc:TransOut", "jrpc:TransIn"],
+            "{result}"
+        );
     }
 
     // saga: -32901 on an action rolls back, compensating over JSON-RPC.
@@ -159,9 +292,24 @@ async fn json_rpc_branch_error_codes_are_honoured(backend: Backend) {
     ts.submit_ok(&jrpc_saga(&g, &busi, "")).await;
     ts.wait_pass(&g).await;
     assert_eq!(ts.status(&g).await, "failed");
-    assert_eq!(ts.branch_statuses(&g).await, ["succeed", "succeed", "succeed", "failed"]);
-    assert_eq!(busi.routes_of(&g), ["jrpc:TransOut", "jrpc:TransIn", "jrpc:TransInRevert", "jrpc:TransOutRevert"]);
-    assert!(ts.rollback_reason(&g).await.contains("business said no"), "{}", ts.rollback_reason(&g).await);
+    assert_eq!(
+        ts.branch_statuses(&g).await,
+        ["succeed", "succeed", "succeed", "failed"]
+    );
+    assert_eq!(
+        busi.routes_of(&g),
+        [
+            "jrpc:TransOut",
+            "jrpc:TransIn",
+            "jrpc:TransInRevert",
+            "jrpc:TransOutRevert"
+        ]
+    );
+    assert!(
+        ts.rollback_reason(&g).await.contains("business said no"),
+        "{}",
+        ts.rollback_reason(&g).await
+    );
     ts.stop().await;
 }
 

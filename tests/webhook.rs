@@ -2,6 +2,9 @@
 //! `alert_retry_limit` 3, a branch that keeps erroring raises an alert from its 3rd consecutive failure on,
 //! and a webhook that fails itself is only logged, never holding up the transaction.
 
+// Panicking is how a test fails; clippy's allow-*-in-tests does not reach the scenario fns and the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use serde_json::{Value, json};
@@ -50,20 +53,44 @@ async fn alert_fires_from_the_third_consecutive_failure_on(backend: Backend) {
     assert_eq!(ts.status(&g).await, "succeed");
     ts.stop().await; // Delivers any alert still in flight.
 
-    assert_eq!(hooks.len(), 2, "alerts on the 3rd and 4th failure only: {hooks:?}");
+    assert_eq!(
+        hooks.len(),
+        2,
+        "alerts on the 3rd and 4th failure only: {hooks:?}"
+    );
     let alerts = alerts_of(&busi, &g);
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     for (alert, retry_count) in alerts.iter().zip([3, 4]) {
         assert_eq!(alert["gid"], json!(g), "{alert}");
         assert_eq!(alert["status"], "submitted", "{alert}");
-        assert_eq!(alert["branch"], json!(format!("{}/TransIn", busi.url())), "{alert}");
-        assert!(alert["error"].as_str().unwrap_or_default().contains("ERROR from user"), "{alert}");
+        assert_eq!(
+            alert["branch"],
+            json!(format!("{}/TransIn", busi.url())),
+            "{alert}"
+        );
+        assert!(
+            alert["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ERROR from user"),
+            "{alert}"
+        );
         assert_eq!(alert["retry_count"], retry_count, "{alert}");
-        let mut keys: Vec<&String> = alert.as_object().expect("alert is an object").keys().collect();
+        let mut keys: Vec<&String> = alert
+            .as_object()
+            .expect("alert is an object")
+            .keys()
+            .collect();
         keys.sort();
         assert_eq!(keys, ["branch", "error", "gid", "retry_count", "status"]);
     }
-    assert_eq!(busi.calls().iter().filter(|c| c.route == "AlertWebHook" && c.method != "POST").count(), 0);
+    assert_eq!(
+        busi.calls()
+            .iter()
+            .filter(|c| c.route == "AlertWebHook" && c.method != "POST")
+            .count(),
+        0
+    );
 }
 
 async fn a_failing_webhook_never_blocks_the_transaction(backend: Backend) {
@@ -78,8 +105,22 @@ async fn a_failing_webhook_never_blocks_the_transaction(backend: Backend) {
     ts.cron_forward_expect(41, &g).await;
     busi.wait_calls("AlertWebHook", 1).await;
     ts.cron_forward_expect(81, &g).await;
-    assert_eq!(ts.status(&g).await, "succeed", "the transaction went on despite the failing hook");
-    assert_eq!(busi.routes_of(&g), ["TransOut", "TransIn", "TransIn", "TransIn", "AlertWebHook", "TransIn"]);
+    assert_eq!(
+        ts.status(&g).await,
+        "succeed",
+        "the transaction went on despite the failing hook"
+    );
+    assert_eq!(
+        busi.routes_of(&g),
+        [
+            "TransOut",
+            "TransIn",
+            "TransIn",
+            "TransIn",
+            "AlertWebHook",
+            "TransIn"
+        ]
+    );
     ts.stop().await;
     assert_eq!(alerts_of(&busi, &g).len(), 1);
 }
@@ -110,7 +151,11 @@ async fn no_alert_without_a_webhook_or_below_the_limit(backend: Backend) {
     }
     assert_eq!(ts.status(&g).await, "succeed");
     ts.stop().await;
-    assert!(busi.calls_of("AlertWebHook").is_empty(), "{:?}", busi.calls_of("AlertWebHook"));
+    assert!(
+        busi.calls_of("AlertWebHook").is_empty(),
+        "{:?}",
+        busi.calls_of("AlertWebHook")
+    );
 }
 
 on_both_stores!(

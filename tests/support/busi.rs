@@ -59,14 +59,20 @@ pub struct Busi {
 
 /// The JSON body of a business call (`trans_out_Result` with the capital R, as in DTM).
 pub fn req(amount: i64, out_result: &str, in_result: &str) -> String {
-    json!({"amount": amount, "trans_out_Result": out_result, "trans_in_result": in_result}).to_string()
+    json!({"amount": amount, "trans_out_Result": out_result, "trans_in_result": in_result})
+        .to_string()
 }
 
 impl Busi {
     /// Starts the service on an ephemeral port.
     pub async fn start() -> Self {
-        let inner = Arc::new(Mutex::new(Inner { balances: HashMap::from([(1, 10_000), (2, 10_000)]), ..Default::default() }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind busi");
+        let inner = Arc::new(Mutex::new(Inner {
+            balances: HashMap::from([(1, 10_000), (2, 10_000)]),
+            ..Default::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind busi");
         let addr = listener.local_addr().expect("busi addr");
         let busi = Self { inner, addr };
         let app = Router::new()
@@ -88,12 +94,20 @@ impl Busi {
     /// Queues results for `route`; each call consumes one.
     pub fn push(&self, route: &str, results: &[&str]) {
         let mut inner = self.inner.lock().expect("busi lock");
-        inner.queued.entry(route.to_owned()).or_default().extend(results.iter().map(|r| (*r).to_owned()));
+        inner
+            .queued
+            .entry(route.to_owned())
+            .or_default()
+            .extend(results.iter().map(|r| (*r).to_owned()));
     }
 
     /// Makes every call to `route` wait `delay` before answering.
     pub fn delay(&self, route: &str, delay: Duration) {
-        self.inner.lock().expect("busi lock").delays.insert(route.to_owned(), delay);
+        self.inner
+            .lock()
+            .expect("busi lock")
+            .delays
+            .insert(route.to_owned(), delay);
     }
 
     /// Waits until `route` has received at least `n` calls and returns them (panics after 20 s without them).
@@ -104,19 +118,29 @@ impl Busi {
             let notified = arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let calls: Vec<Call> = self.calls().into_iter().filter(|c| c.route == route).collect();
+            let calls: Vec<Call> = self
+                .calls()
+                .into_iter()
+                .filter(|c| c.route == route)
+                .collect();
             if calls.len() >= n {
                 return calls;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("{route} received {} calls within 20 s, expected {n}: {calls:?}", calls.len());
+                panic!(
+                    "{route} received {} calls within 20 s, expected {n}: {calls:?}",
+                    calls.len()
+                );
             }
         }
     }
 
     /// Calls of `route` received so far.
     pub fn calls_of(&self, route: &str) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.route == route).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.route == route)
+            .collect()
     }
 
     /// Every call received so far.
@@ -126,7 +150,11 @@ impl Busi {
 
     /// Calls of one gid, as `route` names, in arrival order.
     pub fn routes_of(&self, gid: &str) -> Vec<String> {
-        self.calls().into_iter().filter(|c| c.gid == gid).map(|c| c.route).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.gid == gid)
+            .map(|c| c.route)
+            .collect()
     }
 
     /// Balance of user 1 (TransOut side) and user 2 (TransIn side).
@@ -141,10 +169,21 @@ fn respond(result: &str, legacy: bool) -> Response {
         return (StatusCode::OK, axum::Json(json!({"dtm_result": result}))).into_response();
     }
     match result {
-        "FAILURE" => (StatusCode::CONFLICT, axum::Json(json!({"error": "reason:Insufficient balance. FAILURE"}))).into_response(),
-        "ONGOING" => (StatusCode::from_u16(425).unwrap_or(StatusCode::CONFLICT), axum::Json(json!({"error": "ONGOING"})))
+        "FAILURE" => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": "reason:Insufficient balance. FAILURE"})),
+        )
             .into_response(),
-        "ERROR" => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": "ERROR from user"}))).into_response(),
+        "ONGOING" => (
+            StatusCode::from_u16(425).unwrap_or(StatusCode::CONFLICT),
+            axum::Json(json!({"error": "ONGOING"})),
+        )
+            .into_response(),
+        "ERROR" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": "ERROR from user"})),
+        )
+            .into_response(),
         _ => (StatusCode::OK, "null").into_response(),
     }
 }
@@ -158,7 +197,13 @@ fn apply_ledger(inner: &mut Inner, route: &str, gid: &str, branch_id: &str, amou
         "TransInRevert" | "TransInRevertOld" => (2, -1, true),
         _ => return,
     };
-    let key = |kind: &str| (gid.to_owned(), branch_id.to_owned(), format!("{user}-{kind}"));
+    let key = |kind: &str| {
+        (
+            gid.to_owned(),
+            branch_id.to_owned(),
+            format!("{user}-{kind}"),
+        )
+    };
     if is_comp {
         // Insert the action's row too: a late action finds it and does nothing (no hanging).
         let action_was_applied = !inner.barrier.insert(key("action"));
@@ -180,7 +225,13 @@ async fn handle(
 ) -> Response {
     let body_text = String::from_utf8_lossy(&body).into_owned();
     let parsed: Value = serde_json::from_str(&body_text).unwrap_or(Value::Null);
-    let field = |k: &str| parsed.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let field = |k: &str| {
+        parsed
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     // The alert webhook carries the gid in its JSON body, everything else in the query string.
     let gid = q.get("gid").cloned().unwrap_or_else(|| field("gid"));
     let call = Call {
@@ -190,7 +241,10 @@ async fn handle(
         branch_id: q.get("branch_id").cloned().unwrap_or_default(),
         op: q.get("op").cloned().unwrap_or_default(),
         trans_type: q.get("trans_type").cloned().unwrap_or_default(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
         body: body_text,
     };
     busi.record(call.clone());
@@ -212,8 +266,12 @@ async fn handle(
         result = "SUCCESS".to_owned();
     }
     match route.as_str() {
-        "TransOutHeaderYes" if !call.headers.contains_key("test_header") => result = "ERROR".to_owned(),
-        "TransOutHeaderNo" if call.headers.contains_key("test_header") => result = "ERROR".to_owned(),
+        "TransOutHeaderYes" if !call.headers.contains_key("test_header") => {
+            result = "ERROR".to_owned()
+        }
+        "TransOutHeaderNo" if call.headers.contains_key("test_header") => {
+            result = "ERROR".to_owned()
+        }
         "AlertWebHook" if call.gid.contains("Error") => result = "ERROR".to_owned(),
         _ => {}
     }
@@ -242,7 +300,15 @@ async fn workflow_resume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(State(busi), Path("workflow/resume".to_owned()), Query(q), method, headers, body).await
+    handle(
+        State(busi),
+        Path("workflow/resume".to_owned()),
+        Query(q),
+        method,
+        headers,
+        body,
+    )
+    .await
 }
 
 /// A JSON-RPC 2.0 business endpoint: the method name is the route; results as for HTTP, errors as codes.
@@ -257,12 +323,18 @@ async fn json_rpc(State(busi): State<Busi>, headers: HeaderMap, body: Bytes) -> 
         branch_id: params["branch_id"].as_str().unwrap_or_default().to_owned(),
         op: params["op"].as_str().unwrap_or_default().to_owned(),
         trans_type: params["trans_type"].as_str().unwrap_or_default().to_owned(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
         body: params.to_string(),
     };
     let queued = {
         let mut inner = busi.inner.lock().expect("busi lock");
-        inner.queued.get_mut("json-rpc").and_then(VecDeque::pop_front)
+        inner
+            .queued
+            .get_mut("json-rpc")
+            .and_then(VecDeque::pop_front)
     };
     busi.record(call);
     // The messages avoid the words FAILURE/ONGOING on purpose: the HTTP body check (spec §2.2) would
@@ -273,5 +345,6 @@ async fn json_rpc(State(busi): State<Busi>, headers: HeaderMap, body: Bytes) -> 
         Some("OTHER") => json!({"code": -23977, "message": "something else went wrong"}),
         _ => Value::Null,
     };
-    axum::Json(json!({"jsonrpc": "2.0", "id": parsed["id"], "result": null, "error": error})).into_response()
+    axum::Json(json!({"jsonrpc": "2.0", "id": parsed["id"], "result": null, "error": error}))
+        .into_response()
 }

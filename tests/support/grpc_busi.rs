@@ -34,7 +34,10 @@ pub struct GrpcCall {
 impl GrpcCall {
     /// A metadata value, or "".
     pub fn md(&self, key: &str) -> &str {
-        self.metadata.get(key).map(String::as_str).unwrap_or_default()
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -54,16 +57,29 @@ pub struct GrpcBusi {
 
 /// The prost-encoded `ReqGrpc` (what a gRPC branch stores as its body).
 pub fn req_bytes(amount: i64, out_result: &str, in_result: &str) -> Vec<u8> {
-    ReqGrpc { amount, trans_out_result: out_result.to_owned(), trans_in_result: in_result.to_owned() }.encode_to_vec()
+    ReqGrpc {
+        amount,
+        trans_out_result: out_result.to_owned(),
+        trans_in_result: in_result.to_owned(),
+    }
+    .encode_to_vec()
 }
 
 impl GrpcBusi {
     /// Starts the service on an ephemeral port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc busi");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind grpc busi");
         let addr = listener.local_addr().expect("grpc busi addr");
-        let busi = Self { inner: Arc::default(), addr };
-        let (svc, wf) = (BusiServer::new(busi.clone()), WorkflowServer::new(busi.clone()));
+        let busi = Self {
+            inner: Arc::default(),
+            addr,
+        };
+        let (svc, wf) = (
+            BusiServer::new(busi.clone()),
+            WorkflowServer::new(busi.clone()),
+        );
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
@@ -87,7 +103,11 @@ impl GrpcBusi {
     /// Queues results for `method`; each call consumes one.
     pub fn push(&self, method: &str, results: &[&str]) {
         let mut inner = self.inner.lock().expect("grpc busi lock");
-        inner.queued.entry(method.to_owned()).or_default().extend(results.iter().map(|r| (*r).to_owned()));
+        inner
+            .queued
+            .entry(method.to_owned())
+            .or_default()
+            .extend(results.iter().map(|r| (*r).to_owned()));
     }
 
     /// Every call so far.
@@ -97,7 +117,11 @@ impl GrpcBusi {
 
     /// Calls of one gid (by `dtm-gid` metadata), as method names, in arrival order.
     pub fn methods_of(&self, gid: &str) -> Vec<String> {
-        self.calls().into_iter().filter(|c| c.md("dtm-gid") == gid).map(|c| c.method).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.md("dtm-gid") == gid)
+            .map(|c| c.method)
+            .collect()
     }
 
     /// Waits until `method` has received at least `n` calls and returns them (panics after 20 s).
@@ -108,28 +132,46 @@ impl GrpcBusi {
             let notified = arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let calls: Vec<GrpcCall> = self.calls().into_iter().filter(|c| c.method == method).collect();
+            let calls: Vec<GrpcCall> = self
+                .calls()
+                .into_iter()
+                .filter(|c| c.method == method)
+                .collect();
             if calls.len() >= n {
                 return calls;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("{method} received {} calls within 20 s, expected {n}", calls.len());
+                panic!(
+                    "{method} received {} calls within 20 s, expected {n}",
+                    calls.len()
+                );
             }
         }
     }
 
     /// A client for calling the service directly (the test playing a TCC client calls tries this way).
-    pub async fn client(&self) -> braid::proto::busi::busi_client::BusiClient<tonic::transport::Channel> {
+    pub async fn client(
+        &self,
+    ) -> braid::proto::busi::busi_client::BusiClient<tonic::transport::Channel> {
         braid::proto::busi::busi_client::BusiClient::connect(format!("http://{}", self.addr))
             .await
             .expect("grpc busi client connects")
     }
 
-    fn answer<T>(&self, method: &str, metadata: &tonic::metadata::MetadataMap, req: ReqGrpc, data: Vec<u8>, ok: T) -> Result<Response<T>, Status> {
+    fn answer<T>(
+        &self,
+        method: &str,
+        metadata: &tonic::metadata::MetadataMap,
+        req: ReqGrpc,
+        data: Vec<u8>,
+        ok: T,
+    ) -> Result<Response<T>, Status> {
         let metadata = metadata
             .iter()
             .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.to_string(), v.to_str().unwrap_or_default().to_owned())),
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                }
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             })
             .collect();
@@ -140,7 +182,12 @@ impl GrpcBusi {
         };
         let queued = {
             let mut inner = self.inner.lock().expect("grpc busi lock");
-            inner.calls.push(GrpcCall { method: method.to_owned(), metadata, req, workflow_data: data });
+            inner.calls.push(GrpcCall {
+                method: method.to_owned(),
+                metadata,
+                req,
+                workflow_data: data,
+            });
             inner.arrived.notify_waiters();
             inner.queued.get_mut(method).and_then(VecDeque::pop_front)
         };
@@ -187,7 +234,15 @@ impl Busi for GrpcBusi {
 
     async fn query_prepared(&self, req: Request<ReqGrpc>) -> Result<Response<BusiReply>, Status> {
         let md = req.metadata().clone();
-        self.answer("QueryPrepared", &md, req.into_inner(), Vec::new(), BusiReply { message: "a busi reply".to_owned() })
+        self.answer(
+            "QueryPrepared",
+            &md,
+            req.into_inner(),
+            Vec::new(),
+            BusiReply {
+                message: "a busi reply".to_owned(),
+            },
+        )
     }
 }
 
@@ -195,6 +250,12 @@ impl Busi for GrpcBusi {
 impl Workflow for GrpcBusi {
     async fn execute(&self, req: Request<WorkflowData>) -> Result<Response<()>, Status> {
         let md = req.metadata().clone();
-        self.answer("Execute", &md, ReqGrpc::default(), req.into_inner().data, ())
+        self.answer(
+            "Execute",
+            &md,
+            ReqGrpc::default(),
+            req.into_inner().data,
+            (),
+        )
     }
 }

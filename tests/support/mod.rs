@@ -1,6 +1,7 @@
 //! Shared harness of the integration tests: a braid server started in-process on a fresh SQLite file or a
 //! fresh MariaDB database, and a test business service (DTM's `busi`) that records every call it receives.
-#![allow(dead_code, unused_imports, missing_docs)]
+// Harness code: a panic is how a test fails, so `expect` is the assertion here.
+#![allow(dead_code, unused_imports, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 pub mod busi;
 pub mod grpc_busi;
@@ -44,7 +45,13 @@ pub fn fresh_dsn(backend: Backend) -> String {
 
 /// A config for tests: ephemeral port on loopback, 1-second scans.
 pub fn test_config(dsn: &str) -> Config {
-    Config { http_port: 0, grpc_port: 0, bind: "127.0.0.1".to_owned(), store: dsn.to_owned(), ..Config::default() }
+    Config {
+        http_port: 0,
+        grpc_port: 0,
+        bind: "127.0.0.1".to_owned(),
+        store: dsn.to_owned(),
+        ..Config::default()
+    }
 }
 
 /// A running in-process braid with helpers in the spirit of DTM's test suite (spec §14.1).
@@ -66,11 +73,22 @@ impl TestServer {
         if let Ok(level) = std::env::var("BRAID_TEST_LOG") {
             let _ = braid::telemetry::init(&level, braid::config::LogFormat::Text);
         }
-        let server = Server::start(&config, StartOptions { scanner: false, grace: Duration::from_secs(5) })
-            .await
-            .expect("test server starts");
+        let server = Server::start(
+            &config,
+            StartOptions {
+                scanner: false,
+                grace: Duration::from_secs(5),
+            },
+        )
+        .await
+        .expect("test server starts");
         let events = server.engine.events();
-        Self { server, http: reqwest::Client::new(), dsn: config.store.clone(), events: tokio::sync::Mutex::new(events) }
+        Self {
+            server,
+            http: reqwest::Client::new(),
+            dsn: config.store.clone(),
+            events: tokio::sync::Mutex::new(events),
+        }
     }
 
     /// `http://127.0.0.1:port/api/dtmsvr`.
@@ -95,15 +113,26 @@ impl TestServer {
             .expect("request sent");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body read");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// GETs a route under dtmsvr with a query string.
     pub async fn get(&self, route_and_query: &str) -> (u16, Value) {
-        let resp = self.http.get(format!("{}/{route_and_query}", self.dtm())).send().await.expect("request sent");
+        let resp = self
+            .http
+            .get(format!("{}/{route_and_query}", self.dtm()))
+            .send()
+            .await
+            .expect("request sent");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body read");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Submits and expects 200.
@@ -122,7 +151,9 @@ impl TestServer {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Ok(ev)) if ev.gid.as_str() == gid => return,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
-                Ok(Err(broadcast::error::RecvError::Closed)) => panic!("engine stopped while waiting for {gid}"),
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    panic!("engine stopped while waiting for {gid}")
+                }
                 Err(_) => panic!("no processing pass of {gid} finished within 20 s"),
             }
         }
@@ -137,7 +168,10 @@ impl TestServer {
 
     /// The global status.
     pub async fn status(&self, gid: &str) -> String {
-        self.query(gid).await["transaction"]["status"].as_str().unwrap_or("<none>").to_owned()
+        self.query(gid).await["transaction"]["status"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned()
     }
 
     /// The branch statuses in stored order (DTM's `getBranchesStatus`).
@@ -145,28 +179,44 @@ impl TestServer {
         let q = self.query(gid).await;
         q["branches"]
             .as_array()
-            .map(|bs| bs.iter().map(|b| b["status"].as_str().unwrap_or_default().to_owned()).collect())
+            .map(|bs| {
+                bs.iter()
+                    .map(|b| b["status"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The rollback reason.
     pub async fn rollback_reason(&self, gid: &str) -> String {
-        self.query(gid).await["transaction"]["rollback_reason"].as_str().unwrap_or_default().to_owned()
+        self.query(gid).await["transaction"]["rollback_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// One recovery scan, waiting for its passes (DTM's `CronTransOnce`). Returns the claimed gids.
     /// Wait for the passes a submit started (`wait_pass`) before scanning: the scan drops pending
     /// announcements, so a later `wait_pass` only sees passes that start after it.
     pub async fn cron_once(&self) -> Vec<String> {
-        let gids = self.server.scanner.scan_once(true).await.expect("scan works");
+        let gids = self
+            .server
+            .scanner
+            .scan_once(true)
+            .await
+            .expect("scan works");
         let mut events = self.events.lock().await;
-        while !matches!(events.try_recv(), Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)) {}
+        while !matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
         gids.iter().map(Gid::to_string).collect()
     }
 
     /// POSTs a JSON-RPC 2.0 request to `/api/json-rpc`; returns the reply envelope (always HTTP 200).
     pub async fn json_rpc(&self, method: &str, params: Value) -> Value {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": "1", "method": method, "params": params});
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": "1", "method": method, "params": params});
         self.json_rpc_raw(&body.to_string()).await
     }
 
@@ -180,21 +230,38 @@ impl TestServer {
             .send()
             .await
             .expect("request sent");
-        assert_eq!(resp.status().as_u16(), 200, "JSON-RPC answers HTTP 200 always");
-        serde_json::from_str(&resp.text().await.expect("JSON-RPC body")).expect("JSON-RPC reply is JSON")
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "JSON-RPC answers HTTP 200 always"
+        );
+        serde_json::from_str(&resp.text().await.expect("JSON-RPC body"))
+            .expect("JSON-RPC reply is JSON")
     }
 
     /// The Prometheus text of `/api/metrics`.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/api/metrics", self.server.http_addr);
-        self.http.get(url).send().await.expect("metrics request").text().await.expect("metrics body")
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
     }
 
     /// A gRPC client of `dtmgimp.Dtm` on the server's gRPC port.
-    pub async fn grpc(&self) -> braid::proto::dtmgimp::dtm_client::DtmClient<tonic::transport::Channel> {
-        braid::proto::dtmgimp::dtm_client::DtmClient::connect(format!("http://{}", self.server.grpc_addr))
-            .await
-            .expect("gRPC client connects")
+    pub async fn grpc(
+        &self,
+    ) -> braid::proto::dtmgimp::dtm_client::DtmClient<tonic::transport::Channel> {
+        braid::proto::dtmgimp::dtm_client::DtmClient::connect(format!(
+            "http://{}",
+            self.server.grpc_addr
+        ))
+        .await
+        .expect("gRPC client connects")
     }
 
     /// The branches of `gid` as `(branch_id, op, status)`, in stored order.
@@ -203,20 +270,31 @@ impl TestServer {
         let field = |b: &Value, k: &str| b[k].as_str().unwrap_or_default().to_owned();
         q["branches"]
             .as_array()
-            .map(|bs| bs.iter().map(|b| (field(b, "branch_id"), field(b, "op"), field(b, "status"))).collect())
+            .map(|bs| {
+                bs.iter()
+                    .map(|b| (field(b, "branch_id"), field(b, "op"), field(b, "status")))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Pretends `secs` seconds have passed (timeouts and schedules both see it).
     pub fn forward(&self, secs: u64) {
-        self.server.engine.clock().advance(Duration::from_secs(secs));
+        self.server
+            .engine
+            .clock()
+            .advance(Duration::from_secs(secs));
     }
 
     /// Forwards time, then runs one scan; asserts that exactly `gid` was picked.
     pub async fn cron_forward_expect(&self, secs: u64, gid: &str) {
         self.forward(secs);
         let picked = self.cron_once().await;
-        assert_eq!(picked, vec![gid.to_owned()], "the scan after +{secs}s picked {picked:?}");
+        assert_eq!(
+            picked,
+            vec![gid.to_owned()],
+            "the scan after +{secs}s picked {picked:?}"
+        );
     }
 
     /// Stops the server and drops its MariaDB database.
@@ -232,7 +310,9 @@ pub async fn drop_database(dsn: &str) {
     if let Some(db) = dsn.strip_prefix(&format!("{}/", mysql_base())) {
         sqlx::any::install_default_drivers();
         if let Ok(pool) = sqlx::AnyPool::connect(&format!("{}/", mysql_base())).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`")).execute(&pool).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+                .execute(&pool)
+                .await;
             pool.close().await;
         }
     }
@@ -282,16 +362,33 @@ macro_rules! on_both_stores {
 
 /// The test as a TCC/XA client calling a branch itself (a TCC try): POST `url` with DTM's query parameters,
 /// `headers` and `body`. Returns the HTTP status.
-pub async fn call_branch(url: &str, gid: &str, trans_type: &str, branch_id: &str, op: &str, body: &str, headers: &[(&str, &str)]) -> u16 {
+pub async fn call_branch(
+    url: &str,
+    gid: &str,
+    trans_type: &str,
+    branch_id: &str,
+    op: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
     let mut req = reqwest::Client::new()
         .post(url)
-        .query(&[("gid", gid), ("trans_type", trans_type), ("branch_id", branch_id), ("op", op)])
+        .query(&[
+            ("gid", gid),
+            ("trans_type", trans_type),
+            ("branch_id", branch_id),
+            ("op", op),
+        ])
         .header("content-type", "application/json")
         .body(body.to_owned());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    req.send().await.expect("branch call sent").status().as_u16()
+    req.send()
+        .await
+        .expect("branch call sent")
+        .status()
+        .as_u16()
 }
 
 /// A TCC `registerBranch` body for one busi pair, e.g. `tcc_branch(gid, "01", busi, "TransOut", data)`

@@ -66,7 +66,9 @@ async fn exec(conn: &mut MySqlConnection, sql: &str) -> Result<(), sqlx::Error> 
 fn is_unknown_xid(e: &sqlx::Error) -> bool {
     // `code()` is only the SQLSTATE for MySQL; the error number tells XAER_NOTA apart.
     let number = match e {
-        sqlx::Error::Database(db) => db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number()),
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number()),
         _ => None,
     };
     number == Some(XAER_NOTA)
@@ -77,20 +79,39 @@ impl XaRm {
     pub async fn start() -> Self {
         let db = format!("braid_xa_{}", braid::model::short_uuid().to_lowercase());
         let base = super::mysql_base();
-        let mut admin = MySqlConnection::connect(&format!("{base}/")).await.expect("connect to MariaDB");
-        exec(&mut admin, &format!("CREATE DATABASE `{db}`")).await.expect("create RM database");
+        let mut admin = MySqlConnection::connect(&format!("{base}/"))
+            .await
+            .expect("connect to MariaDB");
+        exec(&mut admin, &format!("CREATE DATABASE `{db}`"))
+            .await
+            .expect("create RM database");
         admin.close().await.ok();
         let dsn = format!("{base}/{db}");
-        let mut conn = MySqlConnection::connect(&dsn).await.expect("connect to RM database");
+        let mut conn = MySqlConnection::connect(&dsn)
+            .await
+            .expect("connect to RM database");
         exec(&mut conn, "CREATE TABLE user_account (user_id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB")
             .await
             .expect("create balance table");
-        exec(&mut conn, "INSERT INTO user_account VALUES (1, 10000), (2, 10000)").await.expect("seed balances");
+        exec(
+            &mut conn,
+            "INSERT INTO user_account VALUES (1, 10000), (2, 10000)",
+        )
+        .await
+        .expect("seed balances");
         conn.close().await.ok();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind xa rm");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind xa rm");
         let addr = listener.local_addr().expect("xa rm addr");
-        let rm = Self { inner: Arc::default(), http: reqwest::Client::new(), addr, dsn, db };
+        let rm = Self {
+            inner: Arc::default(),
+            http: reqwest::Client::new(),
+            addr,
+            dsn,
+            db,
+        };
         let app = Router::new()
             .route("/api/xa/phase2", post(phase2))
             .route("/api/xa/{route}", post(action))
@@ -109,7 +130,11 @@ impl XaRm {
     /// Queues results for `route` (`TransOutXa`, `TransInXa`, `phase2`); each call consumes one.
     pub fn push(&self, route: &str, results: &[&str]) {
         let mut inner = self.inner.lock().expect("xa rm lock");
-        inner.queued.entry(route.to_owned()).or_default().extend(results.iter().map(|r| (*r).to_owned()));
+        inner
+            .queued
+            .entry(route.to_owned())
+            .or_default()
+            .extend(results.iter().map(|r| (*r).to_owned()));
     }
 
     /// Every call received so far.
@@ -127,12 +152,25 @@ impl XaRm {
     }
 
     /// The test as AP: calls a branch action the way DTM's XA client does. Returns the HTTP status.
-    pub async fn call_action(&self, route: &str, dtm: &str, gid: &str, branch_id: &str, body: &str) -> u16 {
+    pub async fn call_action(
+        &self,
+        route: &str,
+        dtm: &str,
+        gid: &str,
+        branch_id: &str,
+        body: &str,
+    ) -> u16 {
         let url = format!("http://{}/api/xa/{route}", self.addr);
         let resp = self
             .http
             .post(url)
-            .query(&[("gid", gid), ("branch_id", branch_id), ("trans_type", "xa"), ("op", "action"), ("dtm", dtm)])
+            .query(&[
+                ("gid", gid),
+                ("branch_id", branch_id),
+                ("trans_type", "xa"),
+                ("op", "action"),
+                ("dtm", dtm),
+            ])
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
@@ -143,21 +181,33 @@ impl XaRm {
 
     /// Balances of user 1 (TransOut side) and user 2 (TransIn side), as committed.
     pub async fn balances(&self) -> (i64, i64) {
-        let mut conn = MySqlConnection::connect(&self.dsn).await.expect("connect to RM database");
-        let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT user_id, balance FROM user_account ORDER BY user_id")
-            .fetch_all(&mut conn)
+        let mut conn = MySqlConnection::connect(&self.dsn)
             .await
-            .expect("read balances");
+            .expect("connect to RM database");
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT user_id, balance FROM user_account ORDER BY user_id")
+                .fetch_all(&mut conn)
+                .await
+                .expect("read balances");
         conn.close().await.ok();
-        let get = |u: i32| rows.iter().find(|r| r.0 == u).map(|r| r.1).expect("user row exists");
+        let get = |u: i32| {
+            rows.iter()
+                .find(|r| r.0 == u)
+                .map(|r| r.1)
+                .expect("user row exists")
+        };
         (get(1), get(2))
     }
 
     /// The xids of this RM's transactions that MariaDB still holds prepared (`XA RECOVER`).
     pub async fn recover(&self) -> Vec<String> {
         let gids = self.inner.lock().expect("xa rm lock").gids.clone();
-        let mut conn = MySqlConnection::connect(&self.dsn).await.expect("connect to RM database");
-        let rows = sqlx::Executor::fetch_all(&mut conn, "XA RECOVER").await.expect("XA RECOVER works");
+        let mut conn = MySqlConnection::connect(&self.dsn)
+            .await
+            .expect("connect to RM database");
+        let rows = sqlx::Executor::fetch_all(&mut conn, "XA RECOVER")
+            .await
+            .expect("XA RECOVER works");
         conn.close().await.ok();
         rows.iter()
             .filter_map(|row| {
@@ -172,7 +222,9 @@ impl XaRm {
     /// Returns the xids left prepared, after rolling them back and dropping the RM database.
     pub async fn finish(self) -> Vec<String> {
         let leftovers = self.recover().await;
-        let mut conn = MySqlConnection::connect(&self.dsn).await.expect("connect to RM database");
+        let mut conn = MySqlConnection::connect(&self.dsn)
+            .await
+            .expect("connect to RM database");
         for xid in &leftovers {
             let _ = exec(&mut conn, &format!("XA ROLLBACK '{xid}'")).await;
         }
@@ -185,7 +237,12 @@ impl XaRm {
         let get = |k: &str| q.get(k).cloned().unwrap_or_default();
         let mut inner = self.inner.lock().expect("xa rm lock");
         inner.gids.insert(get("gid"));
-        inner.calls.push(XaCall { route: route.to_owned(), gid: get("gid"), branch_id: get("branch_id"), op: get("op") });
+        inner.calls.push(XaCall {
+            route: route.to_owned(),
+            gid: get("gid"),
+            branch_id: get("branch_id"),
+            op: get("op"),
+        });
         inner.queued.get_mut(route).and_then(VecDeque::pop_front)
     }
 }
@@ -194,10 +251,21 @@ fn fail(status: StatusCode, msg: String) -> Response {
     (status, axum::Json(json!({"error": msg}))).into_response()
 }
 
-async fn action(State(rm): State<XaRm>, Path(route): Path<String>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+async fn action(
+    State(rm): State<XaRm>,
+    Path(route): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
     let queued = rm.record(&route, &q);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let field = |k: &str| parsed.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let field = |k: &str| {
+        parsed
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let (user, sign, from_request) = match route.as_str() {
         "TransOutXa" => (1, -1, field("trans_out_Result")),
         "TransInXa" => (2, 1, field("trans_in_result")),
@@ -205,7 +273,11 @@ async fn action(State(rm): State<XaRm>, Path(route): Path<String>, Query(q): Que
     };
     let result = queued.filter(|r| !r.is_empty()).unwrap_or(from_request);
     let amount = parsed.get("amount").and_then(Value::as_i64).unwrap_or(0);
-    let (gid, branch_id, dtm) = (&q["gid"], &q["branch_id"], q.get("dtm").cloned().unwrap_or_default());
+    let (gid, branch_id, dtm) = (
+        &q["gid"],
+        &q["branch_id"],
+        q.get("dtm").cloned().unwrap_or_default(),
+    );
     let xid = format!("{gid}-{branch_id}");
     let mut conn = match MySqlConnection::connect(&rm.dsn).await {
         Ok(c) => c,
@@ -255,14 +327,22 @@ async fn action(State(rm): State<XaRm>, Path(route): Path<String>, Query(q): Que
 async fn phase2(State(rm): State<XaRm>, Query(q): Query<HashMap<String, String>>) -> Response {
     let queued = rm.record("phase2", &q);
     if queued.as_deref() == Some("ERROR") {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, "phase 2 unavailable".to_owned());
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "phase 2 unavailable".to_owned(),
+        );
     }
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
     let xid = format!("{}-{}", get("gid"), get("branch_id"));
     let verb = match get("op").as_str() {
         "commit" => "COMMIT",
         "rollback" => "ROLLBACK",
-        other => return fail(StatusCode::BAD_REQUEST, format!("unknown phase-2 op '{other}'")),
+        other => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!("unknown phase-2 op '{other}'"),
+            );
+        }
     };
     let mut conn = match MySqlConnection::connect(&rm.dsn).await {
         Ok(c) => c,
@@ -273,11 +353,18 @@ async fn phase2(State(rm): State<XaRm>, Query(q): Query<HashMap<String, String>>
     match done {
         Ok(()) => {}
         Err(e) if is_unknown_xid(&e) => {}
-        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, format!("XA {verb} '{xid}': {e}")),
+        Err(e) => {
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("XA {verb} '{xid}': {e}"),
+            );
+        }
     }
     if queued.as_deref() == Some("LOST") {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, "phase 2 done, reply lost".to_owned());
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "phase 2 done, reply lost".to_owned(),
+        );
     }
     (StatusCode::OK, "null").into_response()
 }
-
