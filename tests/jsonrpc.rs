@@ -8,7 +8,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Backend, Busi, TestServer, gid};
+use support::{Backend, Busi, GrpcBusi, TestServer, gid};
 
 /// The error code of a JSON-RPC reply (0 when there is no error).
 fn code(reply: &Value) -> i64 {
@@ -313,7 +313,40 @@ async fn json_rpc_branch_error_codes_are_honoured(backend: Backend) {
     ts.stop().await;
 }
 
+async fn json_rpc_transactions_dispatch_other_urls_as_dtm_does(backend: Backend) {
+    let busi = Busi::start().await;
+    let grpc = GrpcBusi::start().await;
+    let ts = TestServer::start(backend).await;
+    let g = gid("jrpc-dispatch");
+    // DTM's SDKs send a nil payload as the 4-byte body `null`: it means "no fields", not an error. A URL
+    // that is neither http(s) nor names a method is a gRPC target (spec §6.1).
+    let body = json!({
+        "gid": g, "trans_type": "msg", "protocol": "json-rpc",
+        "steps": [
+            {"action": format!("{}/json-rpc?method=TransOut", busi.url())},
+            {"action": grpc.url("TransIn")},
+        ],
+        "payloads": ["null", ""],
+    });
+    ts.submit_ok(&body).await;
+    ts.wait_pass(&g).await;
+    assert_eq!(ts.status(&g).await, "succeed", "{}", ts.query(&g).await);
+    let call = busi
+        .calls()
+        .into_iter()
+        .find(|c| c.gid == g)
+        .expect("the JSON-RPC call");
+    let params: Value = serde_json::from_str(&call.body).expect("params are JSON");
+    assert_eq!(
+        params,
+        json!({"gid": g, "trans_type": "msg", "branch_id": "01", "op": "action"})
+    );
+    assert_eq!(grpc.methods_of(&g), ["TransIn"]);
+    ts.stop().await;
+}
+
 on_both_stores!(
+    json_rpc_transactions_dispatch_other_urls_as_dtm_does,
     json_rpc_endpoint_answers_in_the_envelope,
     json_rpc_methods_drive_transactions,
     json_rpc_branches_are_called_with_the_url_method,
