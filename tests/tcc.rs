@@ -416,6 +416,15 @@ async fn register_branch_rejects_non_string_values_naming_the_key(backend: Backe
     }
     let (status, reply) = ts.post_raw("registerBranch", "[1, 2]").await;
     assert_eq!(status, 400, "not an object: {reply}");
+    let (status, reply) = ts.post_raw("registerBranch", "{not json").await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a valid JSON"),
+        "a syntax error blames the body, not a field: {reply}"
+    );
     assert!(ts.branches(&g).await.is_empty(), "nothing was registered");
     ts.stop().await;
 }

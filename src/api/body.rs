@@ -63,7 +63,12 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." {
+        // A syntax error has no meaningful path (it reads as `?` mid-object): blame the body, not a field.
+        let malformed = matches!(
+            e.inner().classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        if malformed || path == "." {
             Error::BadRequest(format!("request body is not a valid JSON object: {}", e.inner()))
         } else {
             Error::BadRequest(format!("field '{path}': {}", e.inner()))
