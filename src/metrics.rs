@@ -39,6 +39,10 @@ pub struct Metrics {
     pub scanner_errors: IntCounterVec,
     /// `braid_engine_inflight`: processing passes running now.
     pub engine_inflight: IntGaugeVec,
+    /// `braid_xa_phase2_stuck_transactions{op}`: XA transactions whose phase 2 (`commit`/`rollback`) failed
+    /// to land and is being retried, so their resource managers still hold prepared XA transactions. Read
+    /// from the store at each scrape, so every replica reports the whole cluster's count.
+    pub xa_phase2_stuck: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -142,6 +146,13 @@ impl Metrics {
                 Opts::new("braid_engine_inflight", "Processing passes running now"),
                 &["trans_type"],
             )),
+            xa_phase2_stuck: must(IntGaugeVec::new(
+                Opts::new(
+                    "braid_xa_phase2_stuck_transactions",
+                    "XA transactions whose phase 2 failed to land and is being retried (resource managers hold prepared XA transactions)",
+                ),
+                &["op"],
+            )),
             registry: registry.clone(),
         };
         reg(Box::new(m.server_process.clone()));
@@ -159,6 +170,7 @@ impl Metrics {
         reg(Box::new(m.scanner_claimed.clone()));
         reg(Box::new(m.scanner_errors.clone()));
         reg(Box::new(m.engine_inflight.clone()));
+        reg(Box::new(m.xa_phase2_stuck.clone()));
         m
     }
 

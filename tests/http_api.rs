@@ -110,7 +110,7 @@ async fn api_version_new_gid_ping(backend: Backend) {
 /// one (TestAPIQuery).
 async fn api_query(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("api-query");
     ts.submit_ok(&msg_body(&g, &busi)).await;
     ts.wait_pass(&g).await;
@@ -184,7 +184,7 @@ async fn api_query(backend: Backend) {
 /// a creation-time range in ms, gid lookup, and 400s naming bad parameters (TestAPIAll).
 async fn api_all(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let start = now_ms(&ts);
     let mut msgs = Vec::new();
     for i in 0..3 {
@@ -415,7 +415,7 @@ async fn api_scan_kv_and_query_kv(backend: Backend) {
 /// `/api/metrics`: Prometheus text with DTM's names; API requests are labelled by route (TestDtmMetrics).
 async fn api_metrics(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("api-metrics");
     ts.submit_ok(&msg_body(&g, &busi)).await;
     ts.wait_pass(&g).await;
@@ -497,7 +497,7 @@ async fn api_metrics(backend: Backend) {
 /// `has_remaining` is `succeed_count == limit` (TestAPIResetCronTime).
 async fn api_reset_cron_time(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let far = [
         prepare_far(&ts, &busi, "api-reset-a").await,
         prepare_far(&ts, &busi, "api-reset-b").await,
@@ -570,7 +570,7 @@ async fn api_reset_cron_time(backend: Backend) {
 /// (TestAPIForceStoppedNormal/Abnormal). Unknown gid: 404; no gid: 400.
 async fn api_force_stop(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let saga = gid("api-stop-saga");
     busi.push("TransOut", &["ONGOING"]);
     ts.submit_ok(&support::saga_body(&saga, &busi.url(), "", ""))
@@ -631,7 +631,7 @@ async fn api_force_stop(backend: Backend) {
 /// `resetNextCronTime` makes one transaction due now (TestAPIResetNextCronTime).
 async fn api_reset_next_cron_time(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = prepare_far(&ts, &busi, "api-next-cron").await;
     let before = ts.query(&g).await["transaction"]["next_cron_time"].clone();
     assert!(ts.cron_once().await.is_empty());

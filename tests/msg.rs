@@ -66,7 +66,7 @@ async fn branch_field(ts: &TestServer, gid: &str, field: &str) -> Vec<String> {
 /// DTM's four query parameters; then `succeed`.
 async fn msg_normal(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-normal");
     ts.submit_ok(&trans_msg(&g, &busi)).await;
     ts.wait_pass(&g).await;
@@ -92,7 +92,7 @@ async fn msg_normal(backend: Backend) {
 /// plain step id.
 async fn msg_topic_fans_out_to_subscribers(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     ts.subscribe_ok("http_trans", &format!("{}/TransOut", busi.url()))
         .await;
     ts.subscribe_ok("http_trans", &format!("{}/TransIn", busi.url()))
@@ -258,7 +258,7 @@ async fn msg_back_check_error_backs_off(backend: Backend) {
 /// A submit of a msg that is already `submitted` is accepted and runs another pass over the stored branches.
 async fn msg_resubmit_while_submitted(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-resubmit");
     busi.push("TransOut", &["ONGOING", "ONGOING"]);
     ts.submit_ok(&trans_msg(&g, &busi)).await;
@@ -290,7 +290,7 @@ async fn msg_resubmit_while_submitted(backend: Backend) {
 /// A branch answering ONGOING stops the (sequential) pass; the scan finishes it after the retry interval.
 async fn msg_branch_ongoing_then_cron_succeeds(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-ongoing");
     busi.push("TransOut", &["ONGOING"]);
     ts.submit_ok(&trans_msg(&g, &busi)).await;
@@ -324,7 +324,7 @@ async fn msg_branch_ongoing_then_cron_succeeds(backend: Backend) {
 /// A branch FAILURE after submit is retried with backoff (interval 10 -> 20 s); a msg never rolls back.
 async fn msg_branch_failure_is_retried(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-failure");
     busi.push("TransIn", &["FAILURE"]);
     ts.submit_ok(&trans_msg(&g, &busi)).await;
@@ -362,7 +362,7 @@ async fn msg_branch_failure_is_retried(backend: Backend) {
 /// submit after it finished is refused with 409 (TestMsgAbnormal).
 async fn msg_prepare_twice_then_submit(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-abnormal");
     let body = trans_msg(&g, &busi);
     let (status, reply) = ts.post("prepare", &body).await;
@@ -411,7 +411,7 @@ async fn msg_prepare_twice_then_submit(backend: Backend) {
 /// Abort of a prepared msg fails it at once without calling anything; a submitted msg cannot be aborted.
 async fn msg_abort_of_prepared_fails_it(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-abort");
     let (status, reply) = ts.post("prepare", &trans_msg(&g, &busi)).await;
     assert_eq!(status, 200, "{reply}");
@@ -529,7 +529,7 @@ async fn msg_custom_timeout_to_fail(backend: Backend) {
 /// `concurrent`: every prepared action is called in the same pass, even when an earlier one is not done.
 async fn msg_concurrent_calls_every_branch(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-concurrent");
     let mut body = trans_msg(&g, &busi);
     body["concurrent"] = json!(true);
@@ -567,7 +567,7 @@ async fn msg_concurrent_calls_every_branch(backend: Backend) {
 /// at +12 (TestMsgDelayNormal).
 async fn msg_delay(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("msg-delay");
     let mut body = trans_msg(&g, &busi);
     body["custom_data"] = json!(json!({"delay": 10}).to_string());

@@ -56,7 +56,7 @@ fn sorted_within(mut routes: Vec<String>, from: usize, to: usize) -> Vec<String>
 
 async fn saga_normal(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-normal");
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "")).await;
     ts.wait_pass(&g).await;
@@ -89,7 +89,7 @@ async fn saga_normal(backend: Backend) {
 
 async fn saga_rollback_compensates_in_reverse_order(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-rollback");
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "FAILURE"))
         .await;
@@ -123,7 +123,7 @@ async fn saga_rollback_compensates_in_reverse_order(backend: Backend) {
 
 async fn saga_ongoing_then_cron_succeeds(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-ongoing");
     busi.push("TransOut", &["ONGOING"]);
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "")).await;
@@ -143,7 +143,7 @@ async fn saga_ongoing_then_cron_succeeds(backend: Backend) {
 
 async fn saga_compensation_error_stays_aborting_until_cron(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-comp-error");
     busi.push("TransOutRevert", &["ERROR"]);
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "FAILURE"))
@@ -198,7 +198,7 @@ async fn saga_compensation_error_stays_aborting_until_cron(backend: Backend) {
 
 async fn saga_submit_while_running_is_joined_and_after_success_refused(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-submit-twice");
     // Keep the first pass busy so that the second submit arrives while it runs.
     busi.delay("TransOut", Duration::from_millis(500));
@@ -230,7 +230,7 @@ async fn saga_submit_while_running_is_joined_and_after_success_refused(backend: 
 
 async fn saga_resubmit_of_submitted_saga_runs_the_stored_branches(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-resubmit");
     busi.push("TransOut", &["ONGOING"]);
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "")).await;
@@ -255,7 +255,7 @@ async fn saga_resubmit_of_submitted_saga_runs_the_stored_branches(backend: Backe
 
 async fn saga_empty_urls_succeed_at_once(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let url = busi.url();
 
     let g = gid("saga-empty-url");
@@ -304,7 +304,7 @@ async fn saga_empty_urls_succeed_at_once(backend: Backend) {
 
 async fn saga_concurrent_normal(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("sagacon-normal");
     ts.submit_ok(&with_custom(
         saga_body(&g, &busi.url(), "", ""),
@@ -324,7 +324,7 @@ async fn saga_concurrent_normal(backend: Backend) {
 
 async fn saga_concurrent_rollback_with_ongoing_compensation(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("sagacon-rollback");
     busi.push("TransOutRevert", &["ONGOING"]);
     ts.submit_ok(&with_custom(
@@ -370,7 +370,7 @@ async fn saga_concurrent_rollback_with_ongoing_compensation(backend: Backend) {
 
 async fn saga_concurrent_order_trans_out_failure_never_calls_trans_in(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("sagacon-order-out");
     let custom = json!({"concurrent": true, "orders": {"1": [0]}});
     ts.submit_ok(&with_custom(
@@ -395,7 +395,7 @@ async fn saga_concurrent_order_trans_out_failure_never_calls_trans_in(backend: B
 
 async fn saga_concurrent_order_trans_in_failure_compensates_dependents_first(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("sagacon-order-in");
     let custom = json!({"concurrent": true, "orders": {"1": [0]}});
     ts.submit_ok(&with_custom(
@@ -416,7 +416,7 @@ async fn saga_concurrent_order_trans_in_failure_compensates_dependents_first(bac
 
 async fn saga_concurrent_ongoing_committed_by_cron(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("sagacon-ongoing");
     busi.push("TransOut", &["ONGOING"]);
     ts.submit_ok(&with_custom(
@@ -446,7 +446,7 @@ async fn saga_concurrent_ongoing_committed_by_cron(backend: Backend) {
 
 async fn saga_retry_interval_is_kept_on_ongoing(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-retry-ongoing");
     let mut body = saga_body(&g, &busi.url(), "", "");
     body["retry_interval"] = json!(150);
@@ -474,7 +474,7 @@ async fn saga_retry_interval_is_kept_on_ongoing(backend: Backend) {
 
 async fn saga_retry_interval_doubles_on_error(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-retry-error");
     let mut body = saga_body(&g, &busi.url(), "", "");
     body["retry_interval"] = json!(150);
@@ -504,7 +504,7 @@ async fn saga_backoff_is_capped(backend: Backend) {
     let busi = Busi::start().await;
     let mut config = support::test_config(&support::fresh_dsn(backend));
     config.backoff_cap = 40;
-    let mut ts = TestServer::start_with(config).await;
+    let ts = TestServer::start_with(config).await;
     let g = gid("saga-backoff-cap");
     busi.push("TransOut", &["ERROR"; 4]);
     ts.submit_ok(&saga_body(&g, &busi.url(), "", "")).await;
@@ -532,7 +532,7 @@ async fn saga_backoff_is_capped(backend: Backend) {
 
 async fn saga_backoff_restarts_after_progress(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-backoff-progress");
     busi.push("TransOut", &["ERROR", "ERROR"]);
     busi.push("TransIn", &["ERROR"]);
@@ -558,7 +558,7 @@ async fn saga_backoff_restarts_after_progress(backend: Backend) {
 
 async fn saga_timeout_to_fail_aborts_and_compensates(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-timeout");
     let mut body = saga_body(&g, &busi.url(), "", "");
     body["timeout_to_fail"] = json!(1800);
@@ -588,7 +588,7 @@ async fn saga_timeout_to_fail_aborts_and_compensates(backend: Backend) {
 
 async fn saga_request_timeout_slow_branch_is_retried(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-request-timeout");
     let mut body = saga_body(&g, &busi.url(), "", "");
     body["request_timeout"] = json!(1);
@@ -697,7 +697,7 @@ async fn saga_wait_result_reports_rollback_while_compensation_is_pending(backend
 
 async fn saga_branch_headers_sent_on_first_call_and_cron_retry(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let url = busi.url();
     let g = gid("saga-headers");
     busi.push("TransOutHeaderYes", &["ONGOING"]);
@@ -751,7 +751,7 @@ async fn saga_branch_headers_sent_on_first_call_and_cron_retry(backend: Backend)
 
 async fn saga_retry_limit_retries_at_once_then_succeeds(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-retry-limit-3");
     let mut body = saga_body(&g, &busi.url(), "", "");
     body["retry_limit"] = json!(3);
@@ -775,7 +775,7 @@ async fn saga_retry_limit_retries_at_once_then_succeeds(backend: Backend) {
 
 async fn saga_retry_limit_exhausted_aborts(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let g = gid("saga-retry-limit-1");
     let mut body = saga_body(&g, &busi.url(), "", "");
     body["retry_limit"] = json!(1);
@@ -809,7 +809,7 @@ async fn saga_retry_limit_exhausted_aborts(backend: Backend) {
 
 async fn saga_legacy_step_data_is_the_body(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let url = busi.url();
     let steps = |out: &str, inn: &str| {
         json!([
@@ -877,7 +877,7 @@ async fn saga_legacy_step_data_is_the_body(backend: Backend) {
 
 async fn saga_legacy_failure_in_a_200_body_rolls_back(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let url = busi.url();
     let old_saga = |g: &str, in_result: &str| {
         let payload = req(30, "", in_result);
@@ -932,7 +932,7 @@ async fn saga_legacy_failure_in_a_200_body_rolls_back(backend: Backend) {
 
 async fn saga_steps_without_body_are_called_with_get(backend: Backend) {
     let busi = Busi::start().await;
-    let mut ts = TestServer::start(backend).await;
+    let ts = TestServer::start(backend).await;
     let url = busi.url();
     let g = gid("saga-no-body");
     ts.submit_ok(&json!({

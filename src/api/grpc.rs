@@ -3,6 +3,8 @@
 //! ONGOING is `FailedPrecondition`, bad input is `InvalidArgument`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
@@ -44,6 +46,30 @@ pub struct DtmService {
 /// The tonic server for `state`.
 pub fn service(state: AppState) -> DtmServer<DtmService> {
     DtmServer::new(DtmService { state }).max_decoding_message_size(super::MAX_BODY_BYTES)
+}
+
+impl DtmService {
+    /// Runs one API call, counting and timing it under DTM's metric names (`type="grpc"`, `api` = the
+    /// lower-cased method name, as for HTTP routes).
+    async fn tracked<T>(
+        &self,
+        api: &'static str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let status = if result.is_ok() { "ok" } else { "fail" };
+        let metrics = &self.state.metrics;
+        metrics
+            .server_process
+            .with_label_values(&["grpc", api, status])
+            .inc();
+        metrics
+            .server_response_duration
+            .with_label_values(&["grpc", api])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
 }
 
 fn bad(m: String) -> Status {
@@ -118,102 +144,129 @@ fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
 #[tonic::async_trait]
 impl Dtm for DtmService {
     async fn new_gid(&self, _: Request<()>) -> Result<Response<DtmGidReply>, Status> {
-        Ok(Response::new(DtmGidReply {
-            gid: self.state.engine.new_gid().to_string(),
-        }))
+        self.tracked("newgid", async move {
+            Ok(Response::new(DtmGidReply {
+                gid: self.state.engine.new_gid().to_string(),
+            }))
+        })
+        .await
     }
 
     async fn submit(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        let req = to_request(req.into_inner())?;
-        submit_reply(self.state.engine.submit(req).await?)?;
-        Ok(Response::new(()))
+        self.tracked("submit", async move {
+            let req = to_request(req.into_inner())?;
+            submit_reply(self.state.engine.submit(req).await?)?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 
     async fn prepare(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        self.state
-            .engine
-            .prepare(to_request(req.into_inner())?)
-            .await?;
-        Ok(Response::new(()))
+        self.tracked("prepare", async move {
+            self.state
+                .engine
+                .prepare(to_request(req.into_inner())?)
+                .await?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 
     async fn abort(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        let r = req.into_inner();
-        let gid = parse_gid(&r.gid)?;
-        let trans_type = parse_trans_type(&r.trans_type)?;
-        submit_reply(
-            self.state
-                .engine
-                .abort(&gid, trans_type, r.rollback_reason)
-                .await?,
-        )?;
-        Ok(Response::new(()))
+        self.tracked("abort", async move {
+            let r = req.into_inner();
+            let gid = parse_gid(&r.gid)?;
+            let trans_type = parse_trans_type(&r.trans_type)?;
+            submit_reply(
+                self.state
+                    .engine
+                    .abort(&gid, trans_type, r.rollback_reason)
+                    .await?,
+            )?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 
     async fn register_branch(
         &self,
         req: Request<DtmBranchRequest>,
     ) -> Result<Response<()>, Status> {
-        let r = req.into_inner();
-        let gid = parse_gid(&r.gid)?;
-        let trans_type = parse_trans_type(&r.trans_type)?;
-        if r.branch_id.is_empty() {
-            return Err(bad("field 'BranchID' is required".to_owned()));
-        }
-        let fields: BTreeMap<String, String> = r.data.into_iter().collect();
-        self.state
-            .engine
-            .register_branch(
-                &gid,
-                trans_type,
-                BranchId::new(r.branch_id),
-                r.busi_payload,
-                &fields,
-            )
-            .await?;
-        Ok(Response::new(()))
+        self.tracked("registerbranch", async move {
+            let r = req.into_inner();
+            let gid = parse_gid(&r.gid)?;
+            let trans_type = parse_trans_type(&r.trans_type)?;
+            if r.branch_id.is_empty() {
+                return Err(bad("field 'BranchID' is required".to_owned()));
+            }
+            let fields: BTreeMap<String, String> = r.data.into_iter().collect();
+            self.state
+                .engine
+                .register_branch(
+                    &gid,
+                    trans_type,
+                    BranchId::new(r.branch_id),
+                    r.busi_payload,
+                    &fields,
+                )
+                .await?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 
     async fn prepare_workflow(
         &self,
         req: Request<DtmRequest>,
     ) -> Result<Response<DtmProgressesReply>, Status> {
-        let mut r = to_request(req.into_inner())?;
-        r.trans_type = TransType::Workflow;
-        let (txn, branches) = self.state.engine.prepare_workflow(r).await?;
-        Ok(Response::new(DtmProgressesReply {
-            transaction: Some(DtmTransaction {
-                gid: txn.gid.to_string(),
-                status: txn.status.to_string(),
-                rollback_reason: txn.rollback_reason,
-                result: txn.result,
-            }),
-            progresses: branches
-                .into_iter()
-                .map(|b| DtmProgress {
-                    status: b.status.to_string(),
-                    bin_data: b.bin_data,
-                    branch_id: b.branch_id.to_string(),
-                    op: b.op.to_string(),
-                })
-                .collect(),
-        }))
+        self.tracked("prepareworkflow", async move {
+            let mut r = to_request(req.into_inner())?;
+            r.trans_type = TransType::Workflow;
+            let (txn, branches) = self.state.engine.prepare_workflow(r).await?;
+            Ok(Response::new(DtmProgressesReply {
+                transaction: Some(DtmTransaction {
+                    gid: txn.gid.to_string(),
+                    status: txn.status.to_string(),
+                    rollback_reason: txn.rollback_reason,
+                    result: txn.result,
+                }),
+                progresses: branches
+                    .into_iter()
+                    .map(|b| DtmProgress {
+                        status: b.status.to_string(),
+                        bin_data: b.bin_data,
+                        branch_id: b.branch_id.to_string(),
+                        op: b.op.to_string(),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 
     async fn subscribe(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
-        let r = req.into_inner();
-        add_subscriber(&self.state, &r.topic, &r.url, &r.remark).await?;
-        Ok(Response::new(()))
+        self.tracked("subscribe", async move {
+            let r = req.into_inner();
+            add_subscriber(&self.state, &r.topic, &r.url, &r.remark).await?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 
     async fn unsubscribe(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
-        let r = req.into_inner();
-        remove_subscriber(&self.state, &r.topic, &r.url).await?;
-        Ok(Response::new(()))
+        self.tracked("unsubscribe", async move {
+            let r = req.into_inner();
+            remove_subscriber(&self.state, &r.topic, &r.url).await?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 
     async fn delete_topic(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
-        remove_topic(&self.state, &req.into_inner().topic).await?;
-        Ok(Response::new(()))
+        self.tracked("deletetopic", async move {
+            remove_topic(&self.state, &req.into_inner().topic).await?;
+            Ok(Response::new(()))
+        })
+        .await
     }
 }

@@ -161,6 +161,7 @@ async fn admin_page() -> axum::response::Html<&'static str> {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    state.engine.refresh_store_gauges().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -241,7 +241,8 @@ impl<'a> Pass<'a> {
     }
 
     /// After an error, POSTs the alert JSON when the retry count reached the limit (spec §9.4). Runs in
-    /// the background; a failing webhook is only logged and never holds up the transaction.
+    /// the background; a failing webhook is only logged and never holds up the transaction. The task is
+    /// tracked with the passes, so a graceful shutdown delivers the alerts already raised.
     fn alert(&self, interval: i64, base: i64) {
         let Some(hook) = self.inner.opts.alert_webhook.clone() else {
             return;
@@ -265,7 +266,7 @@ impl<'a> Pass<'a> {
         });
         let invoker = self.inner.invoker.clone();
         let gid = self.txn.gid.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             if let Err(e) = invoker.post_json(&hook, &body).await {
                 tracing::warn!(braid.gid = %gid, error = %e, "alert webhook failed");
             }

@@ -278,6 +278,21 @@ impl Engine {
         }
     }
 
+    /// Refreshes the gauges that are read from the store (called before each metrics scrape). A store
+    /// error leaves them as they were and is logged.
+    pub async fn refresh_store_gauges(&self) {
+        match xa::stuck_phase2(&self.inner).await {
+            Ok((commit, rollback)) => {
+                let gauge = &self.inner.metrics.xa_phase2_stuck;
+                gauge.with_label_values(&["commit"]).set(commit);
+                gauge.with_label_values(&["rollback"]).set(rollback);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "counting XA transactions stuck in phase 2 failed")
+            }
+        }
+    }
+
     /// `newGid`.
     pub fn new_gid(&self) -> Gid {
         Gid::generate()

@@ -98,7 +98,9 @@ impl HttpInvoker {
             .unwrap_or_default();
         let mut params = match serde_json::from_slice::<serde_json::Value>(call.body) {
             Ok(serde_json::Value::Object(map)) => map,
-            Ok(serde_json::Value::Null) | Err(_) if call.body.is_empty() => serde_json::Map::new(),
+            // DTM's SDKs send a nil payload as the body `null`: no fields of its own.
+            Ok(serde_json::Value::Null) => serde_json::Map::new(),
+            Err(_) if call.body.is_empty() => serde_json::Map::new(),
             Ok(_) | Err(_) => {
                 return CallOutcome::Error(
                     "a JSON-RPC branch payload must be a JSON object".to_owned(),

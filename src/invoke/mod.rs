@@ -98,17 +98,20 @@ impl Invoker {
         }
         let started = std::time::Instant::now();
         let is_http_url = call.url.starts_with("http://") || call.url.starts_with("https://");
-        let outcome = match call.protocol {
-            Protocol::JsonRpc if call.url.contains("method") => self.http.call_json_rpc(call).await,
-            Protocol::Http | Protocol::JsonRpc => self.http.call(call).await,
-            Protocol::Grpc if is_http_url => self.http.call(call).await,
+        // Spec §6.1: JSON-RPC when the transaction says so and the URL names a method; else HTTP when the
+        // transaction says so or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
+        let transport = match call.protocol {
+            Protocol::JsonRpc if call.url.contains("method") => Protocol::JsonRpc,
+            Protocol::Http => Protocol::Http,
+            Protocol::JsonRpc | Protocol::Grpc if is_http_url => Protocol::Http,
+            Protocol::JsonRpc | Protocol::Grpc => Protocol::Grpc,
+        };
+        let outcome = match transport {
+            Protocol::JsonRpc => self.http.call_json_rpc(call).await,
+            Protocol::Http => self.http.call(call).await,
             Protocol::Grpc => self.grpc.call(call).await,
         };
-        let protocol = if is_http_url || call.protocol != Protocol::Grpc {
-            call.protocol.as_str()
-        } else {
-            "grpc"
-        };
+        let protocol = transport.as_str();
         self.metrics
             .branch_call_duration
             .with_label_values(&[protocol, outcome.label()])

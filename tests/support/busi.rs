@@ -2,7 +2,9 @@
 //!
 //! - Routes under `/api/busi`: TransOut/TransIn (actions), TransOutRevert/TransInRevert (compensations),
 //!   TransOutConfirm/TransInConfirm, the legacy `...Old` variants answering 200 `{"dtm_result": ...}`,
-//!   `QueryPrepared` (GET), `TransOutHeaderYes`/`TransOutHeaderNo`, `AlertWebHook`, and a JSON-RPC endpoint.
+//!   `QueryPrepared` (GET), `TransOutHeaderYes`/`TransOutHeaderNo`, `AlertWebHook` (500 when the alert's gid
+//!   contains "Error"), `workflow/resume` (the workflow callback), and a JSON-RPC endpoint `json-rpc`.
+//! - [`Busi::wait_calls`] waits for calls that arrive on their own (alerts, callbacks) without sleeping.
 //! - Result: first of (the next queued result for that route, the request field, "SUCCESS"). Queue results
 //!   with [`Busi::push`]: each queued value is consumed by one call (DTM's one-shot `MainSwitch`).
 //! - Every call is recorded ([`Busi::calls`]), with the DTM query parameters, headers and body.
@@ -38,6 +40,8 @@ pub struct Call {
 
 #[derive(Default)]
 struct Inner {
+    /// Wakes [`Busi::wait_calls`] whenever a call is recorded.
+    arrived: Arc<tokio::sync::Notify>,
     calls: Vec<Call>,
     queued: HashMap<String, VecDeque<String>>,
     delays: HashMap<String, Duration>,
@@ -73,6 +77,7 @@ impl Busi {
         let busi = Self { inner, addr };
         let app = Router::new()
             .route("/api/busi/json-rpc", post(json_rpc))
+            .route("/api/busi/workflow/resume", any(workflow_resume))
             .route("/api/busi/{route}", any(handle))
             .with_state(busi.clone());
         tokio::spawn(async move {
@@ -103,6 +108,39 @@ impl Busi {
             .expect("busi lock")
             .delays
             .insert(route.to_owned(), delay);
+    }
+
+    /// Waits until `route` has received at least `n` calls and returns them (panics after 20 s without them).
+    pub async fn wait_calls(&self, route: &str, n: usize) -> Vec<Call> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let arrived = self.inner.lock().expect("busi lock").arrived.clone();
+            let notified = arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let calls: Vec<Call> = self
+                .calls()
+                .into_iter()
+                .filter(|c| c.route == route)
+                .collect();
+            if calls.len() >= n {
+                return calls;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "{route} received {} calls within 20 s, expected {n}: {calls:?}",
+                    calls.len()
+                );
+            }
+        }
+    }
+
+    /// Calls of `route` received so far.
+    pub fn calls_of(&self, route: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.route == route)
+            .collect()
     }
 
     /// Every call received so far.
@@ -194,10 +232,12 @@ async fn handle(
             .unwrap_or_default()
             .to_owned()
     };
+    // The alert webhook carries the gid in its JSON body, everything else in the query string.
+    let gid = q.get("gid").cloned().unwrap_or_else(|| field("gid"));
     let call = Call {
         route: route.clone(),
         method: method.to_string(),
-        gid: q.get("gid").cloned().unwrap_or_default(),
+        gid,
         branch_id: q.get("branch_id").cloned().unwrap_or_default(),
         op: q.get("op").cloned().unwrap_or_default(),
         trans_type: q.get("trans_type").cloned().unwrap_or_default(),
@@ -207,9 +247,9 @@ async fn handle(
             .collect(),
         body: body_text,
     };
+    busi.record(call.clone());
     let (queued, delay) = {
         let mut inner = busi.inner.lock().expect("busi lock");
-        inner.calls.push(call.clone());
         let queued = inner.queued.get_mut(&route).and_then(VecDeque::pop_front);
         (queued, inner.delays.get(&route).copied())
     };
@@ -243,8 +283,36 @@ async fn handle(
     respond(&result, route.ends_with("Old"))
 }
 
+impl Busi {
+    fn record(&self, call: Call) {
+        let mut inner = self.inner.lock().expect("busi lock");
+        inner.calls.push(call);
+        inner.arrived.notify_waiters();
+    }
+}
+
+/// The workflow resume callback (`query_prepared` of HTTP workflows): recorded as route `workflow/resume`,
+/// the workflow name in `op`; answers the next queued result of that route, else SUCCESS.
+async fn workflow_resume(
+    State(busi): State<Busi>,
+    Query(q): Query<HashMap<String, String>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(
+        State(busi),
+        Path("workflow/resume".to_owned()),
+        Query(q),
+        method,
+        headers,
+        body,
+    )
+    .await
+}
+
 /// A JSON-RPC 2.0 business endpoint: the method name is the route; results as for HTTP, errors as codes.
-async fn json_rpc(State(busi): State<Busi>, body: Bytes) -> Response {
+async fn json_rpc(State(busi): State<Busi>, headers: HeaderMap, body: Bytes) -> Response {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let method = parsed["method"].as_str().unwrap_or_default().to_owned();
     let params = parsed["params"].clone();
@@ -255,21 +323,26 @@ async fn json_rpc(State(busi): State<Busi>, body: Bytes) -> Response {
         branch_id: params["branch_id"].as_str().unwrap_or_default().to_owned(),
         op: params["op"].as_str().unwrap_or_default().to_owned(),
         trans_type: params["trans_type"].as_str().unwrap_or_default().to_owned(),
-        headers: HashMap::new(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect(),
         body: params.to_string(),
     };
     let queued = {
         let mut inner = busi.inner.lock().expect("busi lock");
-        inner.calls.push(call);
         inner
             .queued
             .get_mut("json-rpc")
             .and_then(VecDeque::pop_front)
     };
+    busi.record(call);
+    // The messages avoid the words FAILURE/ONGOING on purpose: the HTTP body check (spec §2.2) would
+    // classify them before the error code is looked at, and these results must exercise the codes.
     let error = match queued.as_deref() {
-        Some("FAILURE") => json!({"code": -32901, "message": "FAILURE"}),
-        Some("ONGOING") => json!({"code": -32902, "message": "ONGOING"}),
-        Some("OTHER") => json!({"code": -23977, "message": "OTHER"}),
+        Some("FAILURE") => json!({"code": -32901, "message": "business said no"}),
+        Some("ONGOING") => json!({"code": -32902, "message": "not done yet"}),
+        Some("OTHER") => json!({"code": -23977, "message": "something else went wrong"}),
         _ => Value::Null,
     };
     axum::Json(json!({"jsonrpc": "2.0", "id": parsed["id"], "result": null, "error": error}))

@@ -1,9 +1,17 @@
 //! Shared harness of the integration tests: a braid server started in-process on a fresh SQLite file or a
 //! fresh MariaDB database, and a test business service (DTM's `busi`) that records every call it receives.
 // Harness code: a panic is how a test fails, so `expect` is the assertion here.
-#![allow(dead_code, unused_imports, missing_docs, clippy::expect_used, clippy::unwrap_used)]
+#![allow(
+    dead_code,
+    unused_imports,
+    missing_docs,
+    clippy::expect_used,
+    clippy::unwrap_used
+)]
 
 pub mod busi;
+pub mod grpc_busi;
+pub mod xa_rm;
 
 use std::time::Duration;
 
@@ -14,6 +22,8 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub use busi::Busi;
+pub use grpc_busi::GrpcBusi;
+pub use xa_rm::XaRm;
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +65,7 @@ pub struct TestServer {
     pub server: Server,
     pub http: reqwest::Client,
     pub dsn: String,
-    events: broadcast::Receiver<braid::engine::PassEvent>,
+    events: tokio::sync::Mutex<broadcast::Receiver<braid::engine::PassEvent>>,
 }
 
 impl TestServer {
@@ -83,7 +93,7 @@ impl TestServer {
             server,
             http: reqwest::Client::new(),
             dsn: config.store.clone(),
-            events,
+            events: tokio::sync::Mutex::new(events),
         }
     }
 
@@ -191,11 +201,13 @@ impl TestServer {
         assert_eq!(reply["dtm_result"], "SUCCESS", "{reply}");
     }
 
-    /// Waits until a processing pass of `gid` has finished (DTM's `waitTransProcessed`).
-    pub async fn wait_pass(&mut self, gid: &str) {
+    /// Waits until a processing pass of `gid` has finished (DTM's `waitTransProcessed`). Passes run by
+    /// [`Self::cron_once`] do not count: it waits for them itself and forgets their announcements.
+    pub async fn wait_pass(&self, gid: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut events = self.events.lock().await;
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Ok(ev)) if ev.gid.as_str() == gid => return,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
@@ -243,6 +255,8 @@ impl TestServer {
     }
 
     /// One recovery scan, waiting for its passes (DTM's `CronTransOnce`). Returns the claimed gids.
+    /// Wait for the passes a submit started (`wait_pass`) before scanning: the scan drops pending
+    /// announcements, so a later `wait_pass` only sees passes that start after it.
     pub async fn cron_once(&self) -> Vec<String> {
         let gids = self
             .server
@@ -250,7 +264,77 @@ impl TestServer {
             .scan_once(true)
             .await
             .expect("scan works");
+        let mut events = self.events.lock().await;
+        while !matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
         gids.iter().map(Gid::to_string).collect()
+    }
+
+    /// POSTs a JSON-RPC 2.0 request to `/api/json-rpc`; returns the reply envelope (always HTTP 200).
+    pub async fn json_rpc(&self, method: &str, params: Value) -> Value {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": "1", "method": method, "params": params});
+        self.json_rpc_raw(&body.to_string()).await
+    }
+
+    /// POSTs a raw body to `/api/json-rpc` and asserts the HTTP status is 200.
+    pub async fn json_rpc_raw(&self, body: &str) -> Value {
+        let resp = self
+            .http
+            .post(format!("http://{}/api/json-rpc", self.server.http_addr))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "JSON-RPC answers HTTP 200 always"
+        );
+        serde_json::from_str(&resp.text().await.expect("JSON-RPC body"))
+            .expect("JSON-RPC reply is JSON")
+    }
+
+    /// The Prometheus text of `/api/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/api/metrics", self.server.http_addr);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// A gRPC client of `dtmgimp.Dtm` on the server's gRPC port.
+    pub async fn grpc(
+        &self,
+    ) -> braid::proto::dtmgimp::dtm_client::DtmClient<tonic::transport::Channel> {
+        braid::proto::dtmgimp::dtm_client::DtmClient::connect(format!(
+            "http://{}",
+            self.server.grpc_addr
+        ))
+        .await
+        .expect("gRPC client connects")
+    }
+
+    /// The branches of `gid` as `(branch_id, op, status)`, in stored order.
+    pub async fn branches(&self, gid: &str) -> Vec<(String, String, String)> {
+        let q = self.query(gid).await;
+        let field = |b: &Value, k: &str| b[k].as_str().unwrap_or_default().to_owned();
+        q["branches"]
+            .as_array()
+            .map(|bs| {
+                bs.iter()
+                    .map(|b| (field(b, "branch_id"), field(b, "op"), field(b, "status")))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Pretends `secs` seconds have passed (timeouts and schedules both see it).
@@ -333,4 +417,48 @@ macro_rules! on_both_stores {
             )+
         }
     };
+}
+
+/// The test as a TCC/XA client calling a branch itself (a TCC try): POST `url` with DTM's query parameters,
+/// `headers` and `body`. Returns the HTTP status.
+pub async fn call_branch(
+    url: &str,
+    gid: &str,
+    trans_type: &str,
+    branch_id: &str,
+    op: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .query(&[
+            ("gid", gid),
+            ("trans_type", trans_type),
+            ("branch_id", branch_id),
+            ("op", op),
+        ])
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send()
+        .await
+        .expect("branch call sent")
+        .status()
+        .as_u16()
+}
+
+/// A TCC `registerBranch` body for one busi pair, e.g. `tcc_branch(gid, "01", busi, "TransOut", data)`
+/// registers `TransOutConfirm`/`TransOutRevert`.
+pub fn tcc_branch(gid: &str, branch_id: &str, busi: &str, name: &str, data: &str) -> Value {
+    serde_json::json!({
+        "gid": gid,
+        "trans_type": "tcc",
+        "branch_id": branch_id,
+        "data": data,
+        "confirm": format!("{busi}/{name}Confirm"),
+        "cancel": format!("{busi}/{name}Revert"),
+    })
 }
