@@ -1,4 +1,5 @@
-//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/metrics`.
+//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/metrics`, and braid's own
+//! `/api/braid/cluster` (membership and partition ownership as this replica sees them).
 //! Every error becomes a response in exactly one place ([`Error`]'s `IntoResponse`).
 
 mod body;
@@ -19,6 +20,7 @@ use axum::routing::{any, get};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::cluster::keeper::KeeperHandle;
 use crate::engine::{self, Engine};
 use crate::metrics::Metrics;
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub engine: Engine,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The lease keeper (for `/api/braid/cluster`).
+    pub cluster: KeeperHandle,
 }
 
 /// API errors; each has one HTTP status.
@@ -123,6 +127,7 @@ pub fn router(state: AppState) -> Router {
             any(|| async { axum::Json(json!({"msg": "pong"})) }),
         )
         .route("/api/metrics", get(metrics_text))
+        .route("/api/braid/cluster", get(cluster_view))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -130,6 +135,11 @@ pub fn router(state: AppState) -> Router {
             Error::Internal("internal error".to_owned()).into_response()
         }))
         .with_state(state)
+}
+
+/// `GET /api/braid/cluster`: `{"node_id", "partitions", "members": [{"node_id", "partitions": [..]}]}`.
+async fn cluster_view(State(state): State<AppState>) -> axum::Json<crate::cluster::ClusterView> {
+    axum::Json(state.cluster.view())
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
