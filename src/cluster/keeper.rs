@@ -565,3 +565,304 @@ impl Keeper {
         self.view_tx.send_replace(view);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::cluster::local::LocalLeases;
+
+    const P: u16 = 64;
+
+    fn small_timing() -> LeaseTiming {
+        LeaseTiming {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: Duration::from_secs(1),
+        }
+    }
+
+    /// Epochs in memory, with the history of who took which epoch.
+    #[derive(Default)]
+    struct MemFencing {
+        epochs: Mutex<HashMap<Partition, u64>>,
+        taken: Mutex<Vec<(Partition, LeaseEpoch, String)>>,
+    }
+
+    #[async_trait]
+    impl Fencing for MemFencing {
+        async fn fence(&self, p: Partition, owner: &str) -> Result<LeaseEpoch> {
+            let mut epochs = self.epochs.lock().unwrap();
+            let e = epochs.entry(p).or_insert(0);
+            *e += 1;
+            let epoch = LeaseEpoch(*e);
+            self.taken
+                .lock()
+                .unwrap()
+                .push((p, epoch, owner.to_owned()));
+            Ok(epoch)
+        }
+    }
+
+    /// A backend whose calls hang (until the keeper's time limit) while `down` is set: the keeper is stuck
+    /// mid-step, and only the published `valid_until` keeps the scanner from acting past the deadline.
+    struct Flaky {
+        inner: LocalLeases,
+        down: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl LeaseBackend for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        async fn acquire(&self, key: &LeaseKey, me: &Identity, d: Duration) -> Result<bool> {
+            if self.down.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.acquire(key, me, d).await
+        }
+        async fn release(&self, key: &LeaseKey, me: &Identity) -> Result<()> {
+            if self.down.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.release(key, me).await
+        }
+        async fn list(&self) -> Result<Vec<Holder>> {
+            if self.down.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.list().await
+        }
+    }
+
+    struct Node {
+        handle: KeeperHandle,
+        cancel: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    struct Cluster {
+        leases: LocalLeases,
+        fencing: Arc<MemFencing>,
+        nodes: BTreeMap<String, Node>,
+    }
+
+    impl Cluster {
+        fn new() -> Self {
+            Self {
+                leases: LocalLeases::new(),
+                fencing: Arc::new(MemFencing::default()),
+                nodes: BTreeMap::new(),
+            }
+        }
+
+        fn start_with(&mut self, name: &str, backend: Arc<dyn LeaseBackend>) {
+            let (keeper, handle) = Keeper::new(
+                KeeperOptions {
+                    partitions: P,
+                    timing: small_timing(),
+                },
+                backend,
+                self.fencing.clone(),
+                Identity::new(name),
+                Arc::new(Metrics::new()),
+            );
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(keeper.run(cancel.clone()));
+            self.nodes.insert(
+                name.to_owned(),
+                Node {
+                    handle,
+                    cancel,
+                    task,
+                },
+            );
+        }
+
+        fn start(&mut self, name: &str) {
+            let backend = Arc::new(self.leases.clone());
+            self.start_with(name, backend);
+        }
+
+        async fn stop(&mut self, name: &str) {
+            let node = self.nodes.remove(name).unwrap();
+            node.cancel.cancel();
+            node.task.await.unwrap();
+        }
+
+        fn crash(&mut self, name: &str) {
+            self.nodes.remove(name).unwrap().task.abort();
+        }
+
+        /// Partitions each node may scan now; panics if two may scan one partition at once.
+        fn owners(&self) -> BTreeMap<Partition, String> {
+            let now = Instant::now();
+            let mut owners = BTreeMap::new();
+            for (name, node) in &self.nodes {
+                for f in node.handle.ownership().fences_at(now) {
+                    if let Some(other) = owners.insert(f.partition, name.clone()) {
+                        panic!("{} owned by both {other} and {name}", f.partition);
+                    }
+                }
+            }
+            owners
+        }
+
+        fn counts(&self) -> BTreeMap<String, usize> {
+            let mut c: BTreeMap<String, usize> =
+                self.nodes.keys().map(|n| (n.clone(), 0)).collect();
+            for name in self.owners().values() {
+                *c.entry(name.clone()).or_default() += 1;
+            }
+            c
+        }
+
+        /// Runs for `secs` seconds of (paused) time, checking exclusive ownership every 100 ms.
+        async fn run_for(&self, secs: u64) {
+            for _ in 0..secs * 10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.owners();
+            }
+        }
+
+        fn balanced(&self) -> bool {
+            let n = self.nodes.len();
+            let (lo, hi) = (usize::from(P) / n, usize::from(P).div_ceil(n));
+            self.owners().len() == usize::from(P)
+                && self.counts().values().all(|c| (lo..=hi).contains(c))
+        }
+
+        fn epochs_have_one_owner_each(&self) {
+            let taken = self.fencing.taken.lock().unwrap();
+            let mut seen = BTreeMap::new();
+            for (p, e, owner) in taken.iter() {
+                if let Some(first) = seen.insert((*p, *e), owner.clone()) {
+                    panic!("{p}@{e} taken by {first} and {owner}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepers_share_partitions_evenly_and_rebalance_on_joins_and_leaves() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c"] {
+            c.start(n);
+        }
+        c.run_for(5).await;
+        assert!(c.balanced(), "3 members: {:?}", c.counts());
+
+        c.start("d");
+        c.start("e");
+        c.run_for(5).await;
+        assert!(c.balanced(), "5 members: {:?}", c.counts());
+
+        // Clean stops release at once; the others take over within a few retry periods.
+        c.stop("a").await;
+        c.stop("b").await;
+        c.stop("c").await;
+        c.run_for(3).await;
+        assert!(c.balanced(), "2 members: {:?}", c.counts());
+        c.epochs_have_one_owner_each();
+        let views: Vec<ClusterView> = c.nodes.values().map(|n| n.handle.view()).collect();
+        for v in &views {
+            assert_eq!(v.partitions, P);
+            assert_eq!(
+                v.members
+                    .iter()
+                    .map(|m| m.node_id.as_str())
+                    .collect::<Vec<_>>(),
+                vec!["d", "e"],
+                "{v:?}"
+            );
+            let total: usize = v.members.iter().map(|m| m.partitions.len()).sum();
+            assert_eq!(total, usize::from(P), "{v:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crashed_keepers_partitions_move_after_lease_expiry_not_before() {
+        let mut c = Cluster::new();
+        c.start("a");
+        c.start("b");
+        c.run_for(3).await;
+        assert!(c.balanced(), "{:?}", c.counts());
+        let crashed_at = Instant::now();
+        c.crash("a");
+        let timing = small_timing();
+        let mut took_all = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let owned = c.counts()["b"];
+            if owned == usize::from(P) {
+                took_all = Some(crashed_at.elapsed());
+                break;
+            }
+        }
+        let took = took_all.expect("b took every partition over");
+        // a renewed at most one retry period before the crash; its leases expire a lease duration after that,
+        // and b tries again every retry period.
+        assert!(
+            took >= timing.lease_duration - timing.retry_period,
+            "b took over too early: {took:?}"
+        );
+        assert!(
+            took <= timing.lease_duration + timing.retry_period,
+            "b took over too late: {took:?}"
+        );
+        c.epochs_have_one_owner_each();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keeper_that_cannot_renew_stops_before_others_take_over() {
+        let mut c = Cluster::new();
+        let down = Arc::new(AtomicBool::new(false));
+        c.start_with(
+            "a",
+            Arc::new(Flaky {
+                inner: c.leases.clone(),
+                down: down.clone(),
+            }),
+        );
+        c.start("b");
+        c.run_for(3).await;
+        assert!(c.balanced(), "{:?}", c.counts());
+        down.store(true, Ordering::SeqCst);
+        // `owners()` panics whenever a and b may both scan a partition; b ends up with everything.
+        c.run_for(8).await;
+        assert_eq!(c.counts()["a"], 0);
+        assert_eq!(c.counts()["b"], usize::from(P));
+        // Back up: a rejoins and gets its share back.
+        down.store(false, Ordering::SeqCst);
+        c.run_for(5).await;
+        assert!(c.balanced(), "{:?}", c.counts());
+        c.epochs_have_one_owner_each();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_report_gives_the_partition_up_and_retakes_it_at_a_new_epoch() {
+        let mut c = Cluster::new();
+        c.start("a");
+        c.run_for(2).await;
+        let handle = c.nodes["a"].handle.clone();
+        let first = handle.ownership().fences_at(Instant::now())[0];
+        handle.report_stale(first);
+        c.run_for(3).await;
+        let again = handle
+            .ownership()
+            .fences_at(Instant::now())
+            .into_iter()
+            .find(|f| f.partition == first.partition)
+            .expect("taken again");
+        assert!(again.epoch > first.epoch, "{again} after {first}");
+        assert_eq!(handle.ownership().len(), usize::from(P));
+    }
+}
