@@ -315,14 +315,17 @@ impl Keeper {
             .filter(|(_, h)| now.duration_since(h.renewed_at) >= deadline)
             .map(|(p, _)| *p)
             .collect();
-        for p in late {
-            self.owned.remove(&p);
-            self.metrics.cluster_lease_losses.inc();
-            tracing::warn!(
-                partition = p.0,
-                "could not renew the partition lease within the renew deadline; stopped scanning it"
-            );
+        if late.is_empty() {
+            return;
         }
+        for p in &late {
+            self.owned.remove(p);
+        }
+        self.metrics.cluster_lease_losses.inc_by(late.len() as u64);
+        tracing::warn!(
+            partitions = ?late.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "could not renew partition leases within the renew deadline; stopped scanning them"
+        );
     }
 
     async fn renew_owned(&mut self, started: Instant) {
@@ -340,6 +343,7 @@ impl Keeper {
             .await
         }))
         .await;
+        let (mut lost, mut failed) = (Vec::new(), None);
         for (p, r) in keys.into_iter().zip(results) {
             match r {
                 Ok(true) => {
@@ -349,17 +353,20 @@ impl Keeper {
                 }
                 Ok(false) => {
                     self.owned.remove(&p);
-                    self.metrics.cluster_lease_losses.inc();
-                    tracing::warn!(
-                        partition = p.0,
-                        "the partition lease was taken by another replica; stopped scanning it"
-                    );
+                    lost.push(p.0);
                 }
                 Err(e) => {
                     self.metrics.cluster_lease_renew_failures.inc();
-                    tracing::warn!(partition = p.0, error = %e, "renewing a partition lease failed");
+                    failed = Some(e);
                 }
             }
+        }
+        if !lost.is_empty() {
+            self.metrics.cluster_lease_losses.inc_by(lost.len() as u64);
+            tracing::warn!(partitions = ?lost, "partition leases were taken by other replicas; stopped scanning them");
+        }
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "renewing partition leases failed; retrying until the renew deadline");
         }
     }
 

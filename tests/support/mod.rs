@@ -3,6 +3,8 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod busi;
+pub mod kube_fake;
+pub mod process;
 
 use std::time::Duration;
 
