@@ -20,6 +20,10 @@ use support::process::BraidProcess;
 use support::{Backend, Busi, drop_database, fresh_dsn, gid, saga_body};
 
 const P: u16 = 64;
+
+/// The multi-replica tests run one at a time: each starts up to five servers, and the take-over bound is
+/// measured in real time on a 2-core machine.
+static REPLICAS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 
 /// Lease timing small enough for tests (4/3/1 s), on the shared database.
@@ -138,6 +142,7 @@ impl EpochSampler {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_split_partitions_and_rebalance_when_scaled_3_5_2() {
+    let _serial = REPLICAS.lock().await;
     let dsn = fresh_dsn(Backend::Mysql);
     let r0 = spawn(&dsn, "r0", &[]).await;
     let sampler = EpochSampler::start(&dsn);
@@ -202,6 +207,7 @@ async fn replicas_split_partitions_and_rebalance_when_scaled_3_5_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_replicas_partitions_are_taken_over_within_lease_duration_and_its_work_completes()
 {
+    let _serial = REPLICAS.lock().await;
     let busi = Busi::start().await;
     let dsn = fresh_dsn(Backend::Mysql);
     let flags = ["--retry-interval", "1", "--request-timeout", "10"];
@@ -270,6 +276,7 @@ async fn sigkilled_replicas_partitions_are_taken_over_within_lease_duration_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_that_wakes_after_losing_its_partitions_writes_nothing() {
+    let _serial = REPLICAS.lock().await;
     let busi = Busi::start().await;
     let dsn = fresh_dsn(Backend::Mysql);
     // A claim keeps a transaction for retry-interval seconds: longer than the take-over, so the new owner
@@ -488,6 +495,7 @@ async fn wait_all(base: &str, gids: &[String], want: &str, limit: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_with_another_partition_count_refuses_to_start() {
+    let _serial = REPLICAS.lock().await;
     let dsn = fresh_dsn(Backend::Mysql);
     let r0 = spawn(&dsn, "r0", &[]).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))

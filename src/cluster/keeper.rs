@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::future::join_all;
+use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -108,6 +108,18 @@ impl KeeperHandle {
     pub async fn changed(&mut self) -> bool {
         self.ownership.changed().await.is_ok()
     }
+}
+
+/// Most lease and fencing calls in flight at once: each may hold a database connection, and a replica taking
+/// over dozens of partitions must not exhaust the database's connection limit.
+const CONCURRENCY: usize = 8;
+
+/// Runs `futs` with at most [`CONCURRENCY`] at a time; results in input order.
+async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    futures::stream::iter(futs)
+        .buffered(CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// `fut`, failing with [`Error::Timeout`] after `limit`: a hung backend call must not stall the keeper (the
@@ -205,14 +217,14 @@ impl Keeper {
         let limit = self.call_limit();
         let me = &self.me;
         let backend = &self.backend;
-        let results = join_all(released.iter().map(|p| async move {
+        let results = join_all(released.iter().copied().map(|p| async move {
             let released = bounded(
                 "releasing a partition lease",
                 limit,
-                backend.release(&LeaseKey::Partition(*p), me),
+                backend.release(&LeaseKey::Partition(p), me),
             )
             .await;
-            (*p, released)
+            (p, released)
         }))
         .await;
         for (p, r) in results {
@@ -334,11 +346,11 @@ impl Keeper {
         let keys: Vec<Partition> = self.owned.keys().copied().collect();
         let me = &self.me;
         let backend = &self.backend;
-        let results = join_all(keys.iter().map(|p| async move {
+        let results = join_all(keys.iter().copied().map(|p| async move {
             bounded(
                 "renewing a partition lease",
                 limit,
-                backend.acquire(&LeaseKey::Partition(*p), me, duration),
+                backend.acquire(&LeaseKey::Partition(p), me, duration),
             )
             .await
         }))
@@ -414,8 +426,8 @@ impl Keeper {
             let limit = self.call_limit();
             let me = &self.me;
             let backend = &self.backend;
-            join_all(release.iter().map(|p| async move {
-                let key = LeaseKey::Partition(*p);
+            join_all(release.iter().copied().map(|p| async move {
+                let key = LeaseKey::Partition(p);
                 let released = bounded(
                     "releasing a partition lease",
                     limit,
@@ -456,8 +468,8 @@ impl Keeper {
         let backend = &self.backend;
         let fencing = &self.fencing;
         let owner = &owner;
-        let results = join_all(wanted.iter().map(|p| async move {
-            let key = LeaseKey::Partition(*p);
+        let results = join_all(wanted.iter().copied().map(|p| async move {
+            let key = LeaseKey::Partition(p);
             match bounded(
                 "acquiring a partition lease",
                 limit,
@@ -466,18 +478,18 @@ impl Keeper {
             .await
             {
                 Ok(true) => {}
-                Ok(false) => return (*p, None),
+                Ok(false) => return (p, None),
                 Err(e) => {
                     tracing::debug!(partition = p.0, error = %e, "acquiring a partition lease failed");
-                    return (*p, None);
+                    return (p, None);
                 }
             }
-            match bounded("fencing a partition", limit, fencing.fence(*p, owner)).await {
-                Ok(epoch) => (*p, Some(epoch)),
+            match bounded("fencing a partition", limit, fencing.fence(p, owner)).await {
+                Ok(epoch) => (p, Some(epoch)),
                 Err(e) => {
                     tracing::warn!(partition = p.0, error = %e, "fencing a newly acquired partition failed; releasing it");
                     let _ = backend.release(&key, me).await;
-                    (*p, None)
+                    (p, None)
                 }
             }
         }))
