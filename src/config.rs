@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::cluster::scanner::ScannerOptions;
+use crate::cluster::{ClusterOptions, LeaseBackendKind, LeaseTiming};
 use crate::engine::EngineOptions;
 
 /// Log output format.
@@ -60,9 +61,33 @@ pub struct ServeArgs {
     /// Keep finished transactions this many seconds (0: forever).
     #[arg(long, env = "BRAID_RETENTION")]
     pub retention: Option<i64>,
-    /// This replica's name in logs and claims (default: the host name).
+    /// This replica's name in the cluster, logs and claims (default: `$POD_NAME`, `$HOSTNAME` or `braid`).
+    /// Every replica needs its own.
     #[arg(long, env = "BRAID_NODE_ID")]
     pub node_id: Option<String>,
+    /// Number of scan partitions P, fixed at the first start (a replica with another P refuses to start).
+    #[arg(long, env = "BRAID_PARTITIONS")]
+    pub partitions: Option<u16>,
+    /// Lease backend: `sql` (a table in the shared store), `kubernetes` (Lease objects) or `local` (single
+    /// node). Default: `kubernetes` in a pod, else `sql` for a MySQL store and `local` for SQLite.
+    #[arg(long, env = "BRAID_LEASE_BACKEND", value_enum)]
+    pub lease_backend: Option<LeaseBackendKind>,
+    /// Seconds a lease lasts without renewal before other replicas may take it.
+    #[arg(long, env = "BRAID_LEASE_DURATION")]
+    pub lease_duration: Option<u64>,
+    /// Seconds a holder keeps failing to renew before it stops scanning (less than the lease duration).
+    #[arg(long, env = "BRAID_LEASE_RENEW_DEADLINE")]
+    pub lease_renew_deadline: Option<u64>,
+    /// Seconds between lease renewals and acquisition attempts.
+    #[arg(long, env = "BRAID_LEASE_RETRY_PERIOD")]
+    pub lease_retry_period: Option<u64>,
+    /// Kubernetes lease backend: namespace of the Lease objects (default: `$POD_NAMESPACE`, else the
+    /// client configuration's namespace).
+    #[arg(long, env = "BRAID_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Kubernetes lease backend: prefix of the Lease object names (one prefix per installation).
+    #[arg(long, env = "BRAID_LEASE_PREFIX")]
+    pub lease_prefix: Option<String>,
     /// POST an alert JSON here when a branch keeps failing (DTM's AlertWebHook).
     #[arg(long, env = "BRAID_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
@@ -92,6 +117,13 @@ struct FileConfig {
     backoff_cap: Option<i64>,
     retention: Option<i64>,
     node_id: Option<String>,
+    partitions: Option<u16>,
+    lease_backend: Option<LeaseBackendKind>,
+    lease_duration: Option<u64>,
+    lease_renew_deadline: Option<u64>,
+    lease_retry_period: Option<u64>,
+    lease_namespace: Option<String>,
+    lease_prefix: Option<String>,
     alert_webhook: Option<String>,
     alert_retry_limit: Option<i64>,
     log_level: Option<String>,
@@ -123,6 +155,20 @@ pub struct Config {
     pub retention: i64,
     /// Replica name.
     pub node_id: String,
+    /// Partition count P.
+    pub partitions: u16,
+    /// Lease backend (resolved: flag, env, file, or detected from the environment and the store).
+    pub lease_backend: LeaseBackendKind,
+    /// Lease duration (s).
+    pub lease_duration: u64,
+    /// Lease renew deadline (s).
+    pub lease_renew_deadline: u64,
+    /// Lease retry period (s).
+    pub lease_retry_period: u64,
+    /// Namespace of Kubernetes Lease objects.
+    pub lease_namespace: Option<String>,
+    /// Prefix of Kubernetes Lease object names.
+    pub lease_prefix: String,
     /// Alert webhook URL.
     pub alert_webhook: Option<String>,
     /// Alert threshold.
@@ -150,6 +196,13 @@ impl Default for Config {
             backoff_cap: 3600,
             retention: 7 * 24 * 3600,
             node_id: default_node_id(),
+            partitions: 64,
+            lease_backend: LeaseBackendKind::Local,
+            lease_duration: 15,
+            lease_renew_deadline: 10,
+            lease_retry_period: 2,
+            lease_namespace: None,
+            lease_prefix: "braid".to_owned(),
             alert_webhook: None,
             alert_retry_limit: 3,
             log_level: "info".to_owned(),
@@ -262,6 +315,16 @@ impl Config {
         };
         let dtm = DtmEnv::read(env)?;
         let d = Config::default();
+        let store = args
+            .store
+            .clone()
+            .or(dtm.store)
+            .or(file.store)
+            .unwrap_or(d.store);
+        let lease_backend = args
+            .lease_backend
+            .or(file.lease_backend)
+            .unwrap_or_else(|| LeaseBackendKind::detect(&store, env));
         let cfg = Config {
             http_port: args
                 .http_port
@@ -274,12 +337,7 @@ impl Config {
                 .or(file.grpc_port)
                 .unwrap_or(d.grpc_port),
             bind: args.bind.clone().or(file.bind).unwrap_or(d.bind),
-            store: args
-                .store
-                .clone()
-                .or(dtm.store)
-                .or(file.store)
-                .unwrap_or(d.store),
+            store,
             retry_interval: args
                 .retry_interval
                 .or(dtm.retry_interval)
@@ -306,6 +364,30 @@ impl Config {
                 .unwrap_or(d.backoff_cap),
             retention: args.retention.or(file.retention).unwrap_or(d.retention),
             node_id: args.node_id.clone().or(file.node_id).unwrap_or(d.node_id),
+            partitions: args.partitions.or(file.partitions).unwrap_or(d.partitions),
+            lease_backend,
+            lease_duration: args
+                .lease_duration
+                .or(file.lease_duration)
+                .unwrap_or(d.lease_duration),
+            lease_renew_deadline: args
+                .lease_renew_deadline
+                .or(file.lease_renew_deadline)
+                .unwrap_or(d.lease_renew_deadline),
+            lease_retry_period: args
+                .lease_retry_period
+                .or(file.lease_retry_period)
+                .unwrap_or(d.lease_retry_period),
+            lease_namespace: args
+                .lease_namespace
+                .clone()
+                .or(file.lease_namespace)
+                .or_else(|| env("POD_NAMESPACE").filter(|n| !n.is_empty())),
+            lease_prefix: args
+                .lease_prefix
+                .clone()
+                .or(file.lease_prefix)
+                .unwrap_or(d.lease_prefix),
             alert_webhook: args
                 .alert_webhook
                 .clone()
@@ -362,7 +444,46 @@ impl Config {
         if self.store.trim().is_empty() {
             return Err(ConfigError("store must not be empty".to_owned()));
         }
+        if self.node_id.trim().is_empty() {
+            return Err(ConfigError("node-id must not be empty".to_owned()));
+        }
+        if !(1..=4096).contains(&self.partitions) {
+            return Err(ConfigError(format!(
+                "partitions must be between 1 and 4096, got {}",
+                self.partitions
+            )));
+        }
+        self.lease_timing()
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        if self.lease_backend == LeaseBackendKind::Local && !self.store.starts_with("sqlite:") {
+            tracing::warn!(
+                "lease-backend local with a shared store: every replica will scan every partition it \
+                 believes it owns; use sql or kubernetes when more than one replica shares the store"
+            );
+        }
         Ok(())
+    }
+
+    /// Lease timing from the three lease settings.
+    pub fn lease_timing(&self) -> LeaseTiming {
+        LeaseTiming {
+            lease_duration: Duration::from_secs(self.lease_duration),
+            renew_deadline: Duration::from_secs(self.lease_renew_deadline),
+            retry_period: Duration::from_secs(self.lease_retry_period),
+        }
+    }
+
+    /// The cluster's part.
+    pub fn cluster_options(&self) -> ClusterOptions {
+        ClusterOptions {
+            node_id: self.node_id.clone(),
+            partitions: self.partitions,
+            backend: self.lease_backend,
+            timing: self.lease_timing(),
+            kube_namespace: self.lease_namespace.clone(),
+            kube_lease_prefix: self.lease_prefix.clone(),
+        }
     }
 
     /// The engine's part.
@@ -372,9 +493,9 @@ impl Config {
             timeout_to_fail: self.timeout_to_fail,
             request_timeout: self.request_timeout,
             backoff_cap: self.backoff_cap,
+            partitions: self.partitions,
             alert_webhook: self.alert_webhook.clone(),
             alert_retry_limit: self.alert_retry_limit,
-            ..EngineOptions::default()
         }
     }
 
@@ -474,6 +595,62 @@ mod tests {
             Config::load_with(&args, &env(&[])).is_ok(),
             "1-second values are allowed"
         );
+    }
+
+    #[test]
+    fn cluster_settings_layer_and_detect_the_backend() {
+        let cfg = Config::load_with(&ServeArgs::default(), &env(&[])).unwrap();
+        assert_eq!(cfg.partitions, 64);
+        assert_eq!(cfg.lease_backend, LeaseBackendKind::Local, "SQLite store");
+        assert_eq!(
+            (
+                cfg.lease_duration,
+                cfg.lease_renew_deadline,
+                cfg.lease_retry_period
+            ),
+            (15, 10, 2),
+            "client-go's defaults"
+        );
+        let mysql = ServeArgs {
+            store: Some("mysql://root@db:3306/braid".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(&mysql, &env(&[])).unwrap();
+        assert_eq!(cfg.lease_backend, LeaseBackendKind::Sql);
+        let cfg = Config::load_with(
+            &mysql,
+            &env(&[
+                ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+                ("POD_NAMESPACE", "prod"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.lease_backend, LeaseBackendKind::Kubernetes);
+        assert_eq!(cfg.lease_namespace.as_deref(), Some("prod"));
+        let small = ServeArgs {
+            lease_backend: Some(LeaseBackendKind::Sql),
+            lease_duration: Some(4),
+            lease_renew_deadline: Some(3),
+            lease_retry_period: Some(1),
+            partitions: Some(16),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(&small, &env(&[("KUBERNETES_SERVICE_HOST", "x")])).unwrap();
+        assert_eq!(cfg.lease_backend, LeaseBackendKind::Sql, "the flag wins");
+        assert_eq!(cfg.cluster_options().partitions, 16);
+        assert_eq!(cfg.engine_options().partitions, 16);
+        let bad = ServeArgs {
+            lease_renew_deadline: Some(20),
+            ..Default::default()
+        };
+        let err = Config::load_with(&bad, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("lease-duration"), "{err}");
+        let bad = ServeArgs {
+            partitions: Some(0),
+            ..Default::default()
+        };
+        let err = Config::load_with(&bad, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("partitions"), "{err}");
     }
 
     #[test]

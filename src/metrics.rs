@@ -43,6 +43,21 @@ pub struct Metrics {
     /// to land and is being retried, so their resource managers still hold prepared XA transactions. Read
     /// from the store at each scrape, so every replica reports the whole cluster's count.
     pub xa_phase2_stuck: IntGaugeVec,
+    /// `braid_cluster_members`: live members as this replica sees them.
+    pub cluster_members: IntGauge,
+    /// `braid_cluster_partitions_owned`: partitions this replica owns (and scans).
+    pub cluster_partitions_owned: IntGauge,
+    /// `braid_cluster_lease_acquisitions_total`: partitions taken over (each bumps the partition's epoch).
+    pub cluster_lease_acquisitions: IntCounter,
+    /// `braid_cluster_lease_releases_total`: partitions handed to another member.
+    pub cluster_lease_releases: IntCounter,
+    /// `braid_cluster_lease_losses_total`: partitions lost (taken by another replica, or not renewed in time).
+    pub cluster_lease_losses: IntCounter,
+    /// `braid_cluster_lease_renew_failures_total`: lease renewals that could not be made (backend errors).
+    pub cluster_lease_renew_failures: IntCounter,
+    /// `braid_cluster_fenced_rejections_total{op}`: scanner claims (`op="claim"`, per partition) and pass
+    /// writes (`op="write"`) the store refused because this replica's epoch was stale.
+    pub cluster_fenced_rejections: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -153,6 +168,37 @@ impl Metrics {
                 ),
                 &["op"],
             )),
+            cluster_members: must(IntGauge::new(
+                "braid_cluster_members",
+                "Live cluster members as this replica sees them",
+            )),
+            cluster_partitions_owned: must(IntGauge::new(
+                "braid_cluster_partitions_owned",
+                "Partitions this replica owns and scans",
+            )),
+            cluster_lease_acquisitions: must(IntCounter::new(
+                "braid_cluster_lease_acquisitions_total",
+                "Partitions taken over by this replica",
+            )),
+            cluster_lease_releases: must(IntCounter::new(
+                "braid_cluster_lease_releases_total",
+                "Partitions this replica handed to another member",
+            )),
+            cluster_lease_losses: must(IntCounter::new(
+                "braid_cluster_lease_losses_total",
+                "Partitions this replica lost (taken by another, or not renewed within the renew deadline)",
+            )),
+            cluster_lease_renew_failures: must(IntCounter::new(
+                "braid_cluster_lease_renew_failures_total",
+                "Lease renewals that failed with a backend error",
+            )),
+            cluster_fenced_rejections: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_cluster_fenced_rejections_total",
+                    "Scanner claims and writes refused by the store because the partition epoch was stale",
+                ),
+                &["op"],
+            )),
             registry: registry.clone(),
         };
         reg(Box::new(m.server_process.clone()));
@@ -171,6 +217,13 @@ impl Metrics {
         reg(Box::new(m.scanner_errors.clone()));
         reg(Box::new(m.engine_inflight.clone()));
         reg(Box::new(m.xa_phase2_stuck.clone()));
+        reg(Box::new(m.cluster_members.clone()));
+        reg(Box::new(m.cluster_partitions_owned.clone()));
+        reg(Box::new(m.cluster_lease_acquisitions.clone()));
+        reg(Box::new(m.cluster_lease_releases.clone()));
+        reg(Box::new(m.cluster_lease_losses.clone()));
+        reg(Box::new(m.cluster_lease_renew_failures.clone()));
+        reg(Box::new(m.cluster_fenced_rejections.clone()));
         m
     }
 
@@ -206,6 +259,11 @@ mod tests {
             "dtm_server_info",
             "dtm_server_process_total",
             "braid_store_batch_size_bucket",
+            "braid_cluster_members",
+            "braid_cluster_partitions_owned",
+            "braid_cluster_lease_acquisitions_total",
+            "braid_cluster_lease_losses_total",
+            "braid_cluster_lease_renew_failures_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -123,6 +123,34 @@ impl fmt::Display for Partition {
     }
 }
 
+/// The fencing token of a partition: the store bumps it every time a replica takes the partition over, and
+/// every claim and state change the recovery scanner makes for the partition carries it. A write whose epoch
+/// is no longer the stored one is refused, so a replica that lost a partition cannot overwrite the progress of
+/// the one that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LeaseEpoch(pub u64);
+
+impl fmt::Display for LeaseEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+
+/// A partition together with the epoch at which this replica took it: what fenced writes carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fence {
+    /// The partition.
+    pub partition: Partition,
+    /// The epoch its owner took it at.
+    pub epoch: LeaseEpoch,
+}
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.partition, self.epoch)
+    }
+}
+
 /// Milliseconds since the Unix epoch, on the store's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Millis(pub i64);

@@ -1,9 +1,13 @@
 //! Wiring: builds every component from the configuration, runs them, and shuts them down in order.
 //! `main.rs` and the integration tests both start servers through here.
 //!
+//! Start-up: open the store, check the partition count against the one recorded at the first start, open
+//! the lease backend, and take this replica's first share of partitions before serving.
+//!
 //! Shutdown order (nothing accepted is lost): stop accepting requests and stop scanning; let running passes
-//! finish (bounded by a grace period; unfinished ones are resumed by a later scan); flush the group-commit
-//! writer so every queued write is committed and answered; close the store.
+//! finish (bounded by a grace period; unfinished ones are resumed by a later scan); release the leases (so
+//! other replicas take the partitions over within a retry period); flush the group-commit writer so every
+//! queued write is committed and answered; close the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +18,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::cluster::keeper::{Keeper, KeeperHandle, KeeperOptions};
 use crate::cluster::scanner::Scanner;
+use crate::cluster::{self, Identity, StoreFencing};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::invoke::Invoker;
@@ -53,7 +59,11 @@ pub struct Server {
     pub scanner: Scanner,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The lease keeper's handle (ownership and the cluster view).
+    pub cluster: KeeperHandle,
     cancel: CancellationToken,
+    keeper_cancel: CancellationToken,
+    keeper: JoinHandle<()>,
     writer_cancel: CancellationToken,
     store: DynStore,
     http: JoinHandle<()>,
@@ -98,11 +108,35 @@ impl Server {
             store.clone(),
             writer_handle,
             invoker,
-            clock,
+            clock.clone(),
             config.engine_options(),
             metrics.clone(),
         );
-        let scanner = Scanner::new(engine.clone(), config.scanner_options());
+        let cluster_opts = config.cluster_options();
+        let partitions = cluster::check_partition_count(&store, cluster_opts.partitions)
+            .await
+            .context("checking the partition count")?;
+        let backend = cluster::open_backend(&cluster_opts, &store, &clock)
+            .await
+            .context("opening the lease backend")?;
+        let identity = Identity::new(&cluster_opts.node_id);
+        let (mut keeper, cluster) = Keeper::new(
+            KeeperOptions {
+                partitions,
+                timing: cluster_opts.timing,
+            },
+            backend.clone(),
+            Arc::new(StoreFencing::new(store.clone(), clock.clone())),
+            identity.clone(),
+            metrics.clone(),
+        );
+        // The first share before serving, so the scanner starts with it.
+        keeper.step().await;
+        let keeper_cancel = CancellationToken::new();
+        let keeper = tokio::spawn(keeper.run(keeper_cancel.clone()));
+        tracing::info!(identity = %identity, backend = backend.kind(), partitions, owned = cluster.ownership().len(), "joined the cluster");
+        let scanner =
+            Scanner::new(engine.clone(), config.scanner_options()).with_keeper(cluster.clone());
 
         let addr: SocketAddr = format!("{}:{}", config.bind, config.http_port)
             .parse()
@@ -118,7 +152,7 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
-        let state = AppState::new(engine.clone(), metrics.clone());
+        let state = AppState::new(engine.clone(), metrics.clone(), cluster.clone());
         let app = api::router(state.clone());
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
@@ -169,7 +203,10 @@ impl Server {
             engine,
             scanner,
             metrics,
+            cluster,
             cancel,
+            keeper_cancel,
+            keeper,
             writer_cancel,
             store,
             http,
@@ -199,6 +236,8 @@ impl Server {
             let _ = scan.await;
         }
         self.engine.shutdown(self.grace).await;
+        self.keeper_cancel.cancel();
+        let _ = self.keeper.await;
         self.writer_cancel.cancel();
         let _ = self.writer.await;
         drop(self.engine);

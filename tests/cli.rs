@@ -82,7 +82,12 @@ async fn admin_commands_query_list_and_force_stop_a_running_server() {
     assert!(up, "server did not come up");
     let page = client.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
-    assert!(page.text().await.unwrap().contains("<title>braid admin</title>"));
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("<title>braid admin</title>")
+    );
     // A prepared msg stays unfinished: something to list and force-stop.
     let body = r#"{"gid":"cli-1","trans_type":"msg","steps":[{"action":"http://127.0.0.1:9/x"}],"payloads":["{}"],"query_prepared":"http://127.0.0.1:9/q"}"#;
     let resp = client

@@ -1,4 +1,5 @@
-//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/metrics`.
+//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/metrics`, and braid's own
+//! `/api/braid/cluster` (membership and partition ownership as this replica sees them).
 //! Every error becomes a response in exactly one place ([`Error`]'s `IntoResponse`).
 
 mod body;
@@ -19,6 +20,7 @@ use axum::routing::{any, get};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::cluster::keeper::KeeperHandle;
 use crate::engine::{self, Engine};
 use crate::metrics::Metrics;
 
@@ -34,15 +36,18 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Serialises topic read-modify-writes on this replica (the KV version still guards across replicas).
     topic_lock: dtmsvr::TopicLock,
+    /// The lease keeper (for `/api/braid/cluster`).
+    pub cluster: KeeperHandle,
 }
 
 impl AppState {
     /// State for the HTTP and gRPC APIs; clone it to share between them.
-    pub fn new(engine: Engine, metrics: Arc<Metrics>) -> Self {
+    pub fn new(engine: Engine, metrics: Arc<Metrics>, cluster: KeeperHandle) -> Self {
         Self {
             engine,
             metrics,
             topic_lock: dtmsvr::TopicLock::default(),
+            cluster,
         }
     }
 }
@@ -146,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics", get(metrics_text))
         .route("/", get(admin_page))
         .route("/admin", get(admin_page))
+        .route("/api/braid/cluster", get(cluster_view))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -158,6 +164,11 @@ pub fn router(state: AppState) -> Router {
 /// The admin page: list, filter and inspect transactions; force-stop or retry one now.
 async fn admin_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("admin.html"))
+}
+
+/// `GET /api/braid/cluster`: `{"node_id", "partitions", "members": [{"node_id", "partitions": [..]}]}`.
+async fn cluster_view(State(state): State<AppState>) -> axum::Json<crate::cluster::ClusterView> {
+    axum::Json(state.cluster.view())
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

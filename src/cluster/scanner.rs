@@ -4,6 +4,11 @@
 //! `next_cron_time` forward by the lease, so no other scanner takes them meanwhile) and runs a pass for each
 //! one. New transactions never wait for it: the replica that accepted them runs their first pass at once.
 //! A round that fills its batch is followed by another at once; otherwise the scanner sleeps `interval`.
+//!
+//! In a server the scanner follows a [`KeeperHandle`]: it claims only in the partitions this replica owns
+//! (and only until each one's renew deadline), every claim is fenced with the partitions' epochs, and each
+//! pass's write carries its partition's epoch. Partitions a claim finds stale are reported to the keeper.
+//! Without a keeper (tests driving it by hand) it claims in every partition, unfenced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +17,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::keeper::KeeperHandle;
 use crate::engine::Engine;
-use crate::model::{Gid, short_uuid};
-use crate::store::Claim;
+use crate::model::{Fence, Gid, short_uuid};
+use crate::store::{Claim, ClaimScope};
 
 /// Scanner tuning.
 #[derive(Debug, Clone)]
@@ -52,6 +58,7 @@ pub struct Scanner {
     engine: Engine,
     opts: ScannerOptions,
     permits: Arc<Semaphore>,
+    keeper: Option<KeeperHandle>,
 }
 
 impl Scanner {
@@ -62,24 +69,54 @@ impl Scanner {
             engine,
             opts,
             permits,
+            keeper: None,
         }
+    }
+
+    /// Scans only what `keeper` says this replica owns, fenced (see the module docs).
+    #[must_use]
+    pub fn with_keeper(mut self, keeper: KeeperHandle) -> Self {
+        self.keeper = Some(keeper);
+        self
     }
 
     /// Claims one batch of due transactions and runs their passes; waits for them when `wait` is set
     /// (tests use that as DTM's `CronTransOnce`). Returns the claimed gids.
     pub async fn scan_once(&self, wait: bool) -> crate::store::Result<Vec<Gid>> {
+        let fences: Option<Vec<Fence>> = self
+            .keeper
+            .as_ref()
+            .map(|k| k.ownership().fences_at(tokio::time::Instant::now()));
+        let scope = match &fences {
+            None => ClaimScope::All,
+            Some(f) if f.is_empty() => return Ok(Vec::new()),
+            Some(f) => ClaimScope::Fenced(f.clone()),
+        };
         let now = self.engine.clock().now();
         let claim = Claim {
             now,
             lease_until: now.plus_secs(self.opts.lease_secs.max(1)),
             owner: format!("{}:{}", self.opts.node_id, short_uuid()),
             limit: self.opts.batch.max(1),
-            partitions: None,
+            scope,
         };
         let claimed = self.engine.store().claim_due(&claim).await?;
-        let mut gids = Vec::with_capacity(claimed.len());
+        let fence_of = |p| fences.iter().flatten().find(|f| f.partition == p).copied();
+        for p in &claimed.stale {
+            self.engine
+                .metrics()
+                .cluster_fenced_rejections
+                .with_label_values(&["claim"])
+                .inc();
+            if let (Some(keeper), Some(fence)) = (&self.keeper, fence_of(*p)) {
+                tracing::warn!(partition = p.0, fence = %fence, "claim refused: another replica took the partition over");
+                keeper.report_stale(fence);
+            }
+        }
+        let mut gids = Vec::with_capacity(claimed.txns.len());
         let mut passes = JoinSet::new();
-        for txn in claimed {
+        for txn in claimed.txns {
+            let fence = fence_of(txn.partition);
             gids.push(txn.gid.clone());
             if self.engine.is_inflight(&txn.gid) {
                 continue;
@@ -96,11 +133,11 @@ impl Scanner {
                         .find_branches(&txn.gid)
                         .await
                         .unwrap_or_default();
-                    engine.run_pass(txn, branches).await;
+                    engine.run_pass_with(txn, branches, fence).await;
                 });
             } else {
                 drop(permit);
-                self.engine.spawn_pass(txn, None);
+                self.engine.spawn_pass_with(txn, None, fence);
             }
         }
         while passes.join_next().await.is_some() {}
@@ -137,6 +174,15 @@ impl Scanner {
         }
     }
 
+    /// One replica deletes old transactions at a time: the owner of partition 0 (or a scanner without keeper).
+    fn does_housekeeping(&self) -> bool {
+        self.keeper.as_ref().is_none_or(|k| {
+            k.ownership()
+                .partitions()
+                .contains(&crate::model::Partition(0))
+        })
+    }
+
     fn engine_metrics_claimed(&self, n: usize) {
         self.engine.metrics().scanner_claimed.inc_by(n as u64);
     }
@@ -149,12 +195,12 @@ impl Scanner {
             .inc();
     }
 
-    /// Re-anchors the clock and deletes finished transactions past their retention.
+    /// Re-anchors the clock and (on one replica) deletes finished transactions past their retention.
     async fn housekeeping(&self) {
         if let Err(e) = self.engine.clock().resync(self.engine.store()).await {
             tracing::warn!(error = %e, "re-reading the store clock failed");
         }
-        if self.opts.retention_secs > 0 {
+        if self.opts.retention_secs > 0 && self.does_housekeeping() {
             let before = self
                 .engine
                 .clock()

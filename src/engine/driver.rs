@@ -21,7 +21,7 @@ use super::EngineOptions;
 use super::{Inner, msg, saga, tcc, workflow, xa};
 use crate::invoke::{BranchCall, CallOutcome};
 use crate::model::{
-    Branch, BranchStatus, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, TransType,
+    Branch, BranchStatus, Fence, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, TransType,
 };
 use crate::store::{BranchUpdate, Schedule, TxnUpdate, Write, WriteOutcome};
 
@@ -92,10 +92,12 @@ pub(crate) struct Pass<'a> {
     pub(crate) error: Option<PassError>,
     /// URL and error of the last call that did not succeed (for the alert webhook).
     last_failed: Arc<Mutex<Option<(String, String)>>>,
+    /// The partition epoch the write must carry (passes of the recovery scanner).
+    fence: Option<Fence>,
 }
 
 impl<'a> Pass<'a> {
-    fn new(inner: &'a Inner, txn: GlobalTxn, branches: Vec<Branch>) -> Self {
+    fn new(inner: &'a Inner, txn: GlobalTxn, branches: Vec<Branch>, fence: Option<Fence>) -> Self {
         let changed = vec![false; branches.len()];
         Self {
             inner,
@@ -108,6 +110,7 @@ impl<'a> Pass<'a> {
             wake_at: None,
             error: None,
             last_failed: Arc::new(Mutex::new(None)),
+            fence,
         }
     }
 
@@ -273,6 +276,27 @@ impl<'a> Pass<'a> {
         });
     }
 
+    /// Logs why the pass's write lost, given the row as stored now. When the row still has the status and
+    /// version the pass started from, the version compare-and-set held, so the fence refused the write: this
+    /// replica's partition epoch is stale (another replica took the partition over mid-pass).
+    fn explain_conflict(&self, stored: &GlobalTxn) {
+        let unchanged =
+            stored.status == self.original.status && stored.version == self.original.version;
+        match self.fence {
+            Some(fence) if unchanged => {
+                self.inner
+                    .metrics
+                    .cluster_fenced_rejections
+                    .with_label_values(&["write"])
+                    .inc();
+                tracing::warn!(braid.gid = %self.txn.gid, fence = %fence, "the store refused this pass's write: another replica took the partition over (stale epoch); it will redo the pass");
+            }
+            _ => {
+                tracing::info!(braid.gid = %self.txn.gid, "another actor moved the transaction during this pass; its state stands");
+            }
+        }
+    }
+
     /// Writes the pass's changes with one conditional update and reports the result.
     async fn finish(self) -> PassResult {
         let now = self.inner.clock.now();
@@ -297,6 +321,7 @@ impl<'a> Pass<'a> {
             at = w;
         }
         let mut update = TxnUpdate::of(&self.original, now);
+        update.fence = self.fence;
         if self.txn.status != self.original.status {
             update.status = Some(self.txn.status);
         }
@@ -339,13 +364,15 @@ impl<'a> Pass<'a> {
                 }
             }
             Ok(WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => {
-                tracing::info!(braid.gid = %self.txn.gid, "another actor moved the transaction during this pass; its state stands");
                 match self.inner.store.find_txn(&self.txn.gid).await {
-                    Ok(Some(t)) => PassResult {
-                        status: t.status,
-                        rollback_reason: t.rollback_reason,
-                        error: None,
-                    },
+                    Ok(Some(t)) => {
+                        self.explain_conflict(&t);
+                        PassResult {
+                            status: t.status,
+                            rollback_reason: t.rollback_reason,
+                            error: None,
+                        }
+                    }
                     Ok(None) | Err(_) => PassResult {
                         status: self.original.status,
                         rollback_reason: self.original.rollback_reason,
@@ -374,11 +401,16 @@ impl<'a> Pass<'a> {
 }
 
 /// Runs one pass of `txn` and records it.
-pub(crate) async fn run(inner: &Inner, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
+pub(crate) async fn run(
+    inner: &Inner,
+    txn: GlobalTxn,
+    branches: Vec<Branch>,
+    fence: Option<Fence>,
+) -> PassResult {
     let span =
         tracing::info_span!("pass", braid.gid = %txn.gid, braid.trans_type = %txn.trans_type);
     async move {
-        let mut pass = Pass::new(inner, txn, branches);
+        let mut pass = Pass::new(inner, txn, branches, fence);
         let age = pass.now.0.saturating_sub(pass.txn.create_time.0) as f64 / 1000.0;
         inner
             .metrics

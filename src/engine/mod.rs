@@ -28,8 +28,8 @@ pub use driver::{PassError, PassResult};
 use crate::invoke::Invoker;
 use crate::metrics::Metrics;
 use crate::model::{
-    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition, Protocol,
-    Subscriber, TOPIC_SCHEME, TOPICS_CAT, TransOptions, TransType, Version,
+    Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition,
+    Protocol, Subscriber, TOPIC_SCHEME, TOPICS_CAT, TransOptions, TransType, Version,
 };
 use crate::store::clock::StoreClock;
 use crate::store::writer::WriterHandle;
@@ -736,6 +736,7 @@ impl Engine {
             branches: Vec::new(),
             new_branches: branches,
             now,
+            fence: None,
         };
         match self.inner.writer.write(Write::Update(update)).await? {
             WriteOutcome::Applied(_) => Ok(()),
@@ -770,6 +771,17 @@ impl Engine {
 
     /// Runs a pass in the background (tracked, so shutdown waits for it). Loads the branches if not given.
     pub fn spawn_pass(&self, txn: GlobalTxn, branches: Option<Vec<Branch>>) {
+        self.spawn_pass_with(txn, branches, None);
+    }
+
+    /// [`Engine::spawn_pass`] for the recovery scanner: the pass's write carries `fence` (see
+    /// [`Engine::run_pass_with`]).
+    pub fn spawn_pass_with(
+        &self,
+        txn: GlobalTxn,
+        branches: Option<Vec<Branch>>,
+        fence: Option<Fence>,
+    ) {
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
             let branches = match branches {
@@ -782,7 +794,7 @@ impl Engine {
                     }
                 },
             };
-            engine.run_pass(txn, branches).await;
+            engine.run_pass_with(txn, branches, fence).await;
         });
     }
 
@@ -807,6 +819,17 @@ impl Engine {
     /// Runs one processing pass now. If a pass for this gid is already running here, waits for it and
     /// reports its outcome instead of running a second one.
     pub async fn run_pass(&self, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
+        self.run_pass_with(txn, branches, None).await
+    }
+
+    /// [`Engine::run_pass`] whose write is fenced: it applies only while the partition's stored epoch is
+    /// `fence`'s (the recovery scanner passes the epoch it owns the partition at).
+    pub async fn run_pass_with(
+        &self,
+        txn: GlobalTxn,
+        branches: Vec<Branch>,
+        fence: Option<Fence>,
+    ) -> PassResult {
         let mut events = self.inner.events.subscribe();
         let claimed = match self.inner.inflight.lock() {
             Ok(mut set) => set.insert(txn.gid.clone()),
@@ -844,7 +867,7 @@ impl Engine {
             .engine_inflight
             .with_label_values(&[txn.trans_type.as_str()]);
         gauge.inc();
-        let result = driver::run(&self.inner, txn, branches).await;
+        let result = driver::run(&self.inner, txn, branches, fence).await;
         gauge.dec();
         // Leave the in-flight set before announcing, so a waiter that missed the event can run its own pass.
         drop(guard);

@@ -9,10 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::testing::{T0, TestDb, at, branch, gid, txn, txn_with};
-use super::{BranchUpdate, Claim, DynStore, ScanFilter, Schedule, TxnUpdate, Write, WriteOutcome};
+use super::{
+    BranchUpdate, Claim, ClaimScope, DynStore, PartitionFence, ScanFilter, Schedule, TxnUpdate,
+    Write, WriteOutcome,
+};
 use crate::model::{
-    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition, Protocol,
-    TransOptions, TransType, Version,
+    Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, LeaseEpoch, Millis, Op,
+    Partition, Protocol, TransOptions, TransType, Version,
 };
 
 fn insert(t: GlobalTxn, branches: Vec<Branch>) -> Write {
@@ -405,9 +408,9 @@ pub async fn check_final_status_and_schedule(s: &DynStore) {
         lease_until: at(1_000_060),
         owner: "r".into(),
         limit: 10,
-        partitions: None,
+        scope: ClaimScope::All,
     };
-    assert_eq!(s.claim_due(&claim).await.unwrap(), Vec::new());
+    assert_eq!(s.claim_due(&claim).await.unwrap().txns, Vec::new());
 }
 
 /// Branch status updates set `update_time`, and `finish_time` (succeed) or `rollback_time` (failed).
@@ -808,29 +811,31 @@ pub async fn check_claim_due(s: &DynStore) {
         owner: owner.to_owned(),
         ..stored[g].clone()
     };
-    let claim = |limit, partitions, owner: &str| Claim {
+    let claim = |limit, partitions: Option<Vec<Partition>>, owner: &str| Claim {
         now: T0,
         lease_until: at(60),
         owner: owner.to_owned(),
         limit,
-        partitions,
+        scope: partitions.map_or(ClaimScope::All, ClaimScope::Partitions),
     };
 
     // Nothing in partitions 7 and 8, nothing for an empty partition list.
     assert_eq!(
         s.claim_due(&claim(10, Some(vec![Partition(7), Partition(8)]), "r0"))
             .await
-            .unwrap(),
+            .unwrap()
+            .txns,
         Vec::new()
     );
     assert_eq!(
         s.claim_due(&claim(10, Some(Vec::new()), "r0"))
             .await
-            .unwrap(),
+            .unwrap()
+            .txns,
         Vec::new()
     );
     assert_eq!(
-        s.claim_due(&claim(0, None, "r0")).await.unwrap(),
+        s.claim_due(&claim(0, None, "r0")).await.unwrap().txns,
         Vec::new(),
         "limit 0"
     );
@@ -839,11 +844,12 @@ pub async fn check_claim_due(s: &DynStore) {
     let got = s
         .claim_due(&claim(1, Some(vec![Partition(2)]), "r1"))
         .await
-        .unwrap();
+        .unwrap()
+        .txns;
     assert_eq!(got, vec![claimed_as("due-2", "r1", at(60))]);
 
     // All partitions, limit 2: the two earliest still due.
-    let got = sorted_by_gid(s.claim_due(&claim(2, None, "r2")).await.unwrap());
+    let got = sorted_by_gid(s.claim_due(&claim(2, None, "r2")).await.unwrap().txns);
     assert_eq!(
         got,
         vec![
@@ -856,10 +862,11 @@ pub async fn check_claim_due(s: &DynStore) {
     let got = s
         .claim_due(&claim(10, Some(vec![Partition(1), Partition(3)]), "r3"))
         .await
-        .unwrap();
+        .unwrap()
+        .txns;
     assert_eq!(got, vec![claimed_as("due-now", "r3", at(60))]);
     assert_eq!(
-        s.claim_due(&claim(10, None, "r4")).await.unwrap(),
+        s.claim_due(&claim(10, None, "r4")).await.unwrap().txns,
         Vec::new(),
         "everything due is leased"
     );
@@ -884,9 +891,9 @@ pub async fn check_claim_due(s: &DynStore) {
         lease_until: at(120),
         owner: "r5".into(),
         limit: 10,
-        partitions: None,
+        scope: ClaimScope::All,
     };
-    let got = s.claim_due(&again).await.unwrap();
+    let got = s.claim_due(&again).await.unwrap().txns;
     let mut got_gids = gids(&got);
     got_gids.sort_unstable();
     assert_eq!(
@@ -935,12 +942,12 @@ pub async fn check_concurrent_claims_are_disjoint(s: &DynStore) {
                 lease_until: at(60),
                 owner: owner.clone(),
                 limit: 7,
-                partitions: None,
+                scope: ClaimScope::All,
             };
             let mut mine = Vec::new();
             // Claim until nothing is left; a claim that returns rows always makes progress.
             for _ in 0..=ROWS {
-                let got = s.claim_due(&claim).await.unwrap();
+                let got = s.claim_due(&claim).await.unwrap().txns;
                 if got.is_empty() {
                     return (owner, mine);
                 }
@@ -1430,6 +1437,280 @@ pub async fn check_large_values_are_never_truncated(s: &DynStore) {
     }
 }
 
+/// The partition count is recorded by the first `init_partitions` and never changes; each partition gets a
+/// fencing row at epoch 0.
+pub async fn check_partition_count_is_fixed(s: &DynStore) {
+    assert_eq!(s.init_partitions(8).await.unwrap(), 8);
+    assert_eq!(s.init_partitions(8).await.unwrap(), 8, "idempotent");
+    assert_eq!(
+        s.init_partitions(16).await.unwrap(),
+        8,
+        "a later count does not replace the recorded one"
+    );
+    let fences = s.partition_fences().await.unwrap();
+    assert_eq!(
+        fences,
+        (0..8)
+            .map(|p| PartitionFence {
+                partition: Partition(p),
+                epoch: LeaseEpoch(0),
+                owner: String::new(),
+                fenced_at: Millis(0),
+            })
+            .collect::<Vec<_>>()
+    );
+}
+
+/// `fence_partition` bumps one partition's epoch by one per call and records the owner; concurrent bumps
+/// get distinct epochs; a partition without a fencing row is an error.
+pub async fn check_fence_partition_bumps_epochs(s: &DynStore) {
+    s.init_partitions(4).await.unwrap();
+    assert_eq!(
+        s.fence_partition(Partition(1), "a_1", at(1)).await.unwrap(),
+        LeaseEpoch(1)
+    );
+    assert_eq!(
+        s.fence_partition(Partition(1), "b_1", at(2)).await.unwrap(),
+        LeaseEpoch(2)
+    );
+    assert_eq!(
+        s.fence_partition(Partition(2), "a_1", at(3)).await.unwrap(),
+        LeaseEpoch(1)
+    );
+    let fences = s.partition_fences().await.unwrap();
+    assert_eq!(
+        fences[1],
+        PartitionFence {
+            partition: Partition(1),
+            epoch: LeaseEpoch(2),
+            owner: "b_1".to_owned(),
+            fenced_at: at(2),
+        }
+    );
+    assert_eq!(fences[0].epoch, LeaseEpoch(0), "others untouched");
+    assert!(matches!(
+        s.fence_partition(Partition(9), "a_1", at(4)).await,
+        Err(super::Error::Corrupt(_))
+    ));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            s.fence_partition(Partition(3), &format!("n{i}_x"), at(5))
+                .await
+                .unwrap()
+        });
+    }
+    let mut epochs = BTreeSet::new();
+    while let Some(e) = tasks.join_next().await {
+        assert!(epochs.insert(e.unwrap()), "every bump its own epoch");
+    }
+    assert_eq!(epochs, (1..=12).map(LeaseEpoch).collect::<BTreeSet<_>>());
+}
+
+/// A fenced update applies only under the partition's current epoch; a stale epoch is `Conflict` and
+/// changes nothing (also when the write carries new branches), and does not affect its batch neighbours.
+pub async fn check_stale_epoch_writes_conflict(s: &DynStore) {
+    s.init_partitions(4).await.unwrap();
+    let t = seed(s, txn("fenced"), Vec::new()).await;
+    let other = seed(s, txn("fenced-neighbour"), Vec::new()).await;
+    let p = t.partition;
+    let e1 = s.fence_partition(p, "a_1", at(1)).await.unwrap();
+    let fence1 = Fence {
+        partition: p,
+        epoch: e1,
+    };
+
+    let mut u = TxnUpdate::of(&t, at(2));
+    u.fence = Some(fence1);
+    u.rollback_reason = Some("under e1".into());
+    assert_eq!(
+        apply1(s, Write::Update(u)).await,
+        WriteOutcome::Applied(Version(2))
+    );
+    let t = get(s, &t.gid).await;
+
+    // Another owner takes the partition over: e1 is stale from now on.
+    let e2 = s.fence_partition(p, "b_1", at(3)).await.unwrap();
+    assert_eq!(e2, LeaseEpoch(e1.0 + 1));
+    let mut stale = TxnUpdate::of(&t, at(4));
+    stale.fence = Some(fence1);
+    stale.status = Some(GlobalStatus::Succeed);
+    let mut stale_with_branch = stale.clone();
+    stale_with_branch.status = None;
+    stale_with_branch.new_branches = vec![branch("fenced", "09", Op::Action)];
+    let mut neighbour = TxnUpdate::of(&other, at(4));
+    neighbour.status = Some(GlobalStatus::Aborting);
+    let outcomes = s
+        .apply(&[
+            Write::Update(stale),
+            Write::Update(neighbour),
+            Write::Update(stale_with_branch),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Conflict,
+            WriteOutcome::Applied(Version(2)),
+            WriteOutcome::Conflict
+        ]
+    );
+    assert_eq!(get(s, &t.gid).await, t, "the stale writes changed nothing");
+    assert!(s.find_branches(&t.gid).await.unwrap().is_empty());
+
+    // The same change under the current epoch applies; an unfenced write still only checks the version.
+    let mut current = TxnUpdate::of(&t, at(5));
+    current.fence = Some(Fence {
+        partition: p,
+        epoch: e2,
+    });
+    current.status = Some(GlobalStatus::Succeed);
+    assert_eq!(
+        apply1(s, Write::Update(current)).await,
+        WriteOutcome::Applied(Version(3))
+    );
+    // A fence naming a partition without a fencing row never applies.
+    let t = get(s, &other.gid).await;
+    let mut unknown = TxnUpdate::of(&t, at(6));
+    unknown.fence = Some(Fence {
+        partition: Partition(40),
+        epoch: LeaseEpoch(0),
+    });
+    assert_eq!(
+        apply1(s, Write::Update(unknown)).await,
+        WriteOutcome::Conflict
+    );
+}
+
+/// A fenced claim takes rows only from partitions whose epoch is current, and reports the stale ones.
+pub async fn check_fenced_claims(s: &DynStore) {
+    s.init_partitions(4).await.unwrap();
+    for (g, p) in [("fc-1", 1), ("fc-2", 2), ("fc-3", 3)] {
+        seed(
+            s,
+            GlobalTxn {
+                partition: Partition(p),
+                ..txn_with(g, GlobalStatus::Submitted, Some(at(-10)))
+            },
+            Vec::new(),
+        )
+        .await;
+    }
+    let e1 = s.fence_partition(Partition(1), "a_1", at(0)).await.unwrap();
+    let e2 = s.fence_partition(Partition(2), "a_1", at(0)).await.unwrap();
+    // Partition 2 changes hands after "a" read its epoch.
+    s.fence_partition(Partition(2), "b_1", at(0)).await.unwrap();
+    let claim = Claim {
+        now: T0,
+        lease_until: at(60),
+        owner: "a".into(),
+        limit: 10,
+        scope: ClaimScope::Fenced(vec![
+            Fence {
+                partition: Partition(1),
+                epoch: e1,
+            },
+            Fence {
+                partition: Partition(2),
+                epoch: e2,
+            },
+        ]),
+    };
+    let claimed = s.claim_due(&claim).await.unwrap();
+    assert_eq!(gids(&claimed.txns), vec!["fc-1"]);
+    assert_eq!(claimed.stale, vec![Partition(2)]);
+    let untouched = get(s, &gid("fc-2")).await;
+    assert_eq!(
+        (untouched.owner.as_str(), untouched.next_cron_time),
+        ("", Some(at(-10)))
+    );
+    // Nothing fenced: nothing claimed.
+    let none = Claim {
+        scope: ClaimScope::Fenced(Vec::new()),
+        ..claim
+    };
+    assert_eq!(s.claim_due(&none).await.unwrap(), super::Claimed::default());
+}
+
+/// Leases: taken when missing, free or expired on the caller's clock, renewed by the holder only; released
+/// by the holder only; listed by prefix while live.
+pub async fn check_leases(s: &DynStore) {
+    let (p1, m) = ("partition/1", "member/n1");
+    assert!(s.lease_acquire(p1, "a_1", T0, 4000).await.unwrap());
+    assert!(
+        !s.lease_acquire(p1, "b_1", at(1), 4000).await.unwrap(),
+        "live"
+    );
+    assert!(
+        s.lease_acquire(p1, "a_1", at(2), 4000).await.unwrap(),
+        "renewal"
+    );
+    assert!(s.lease_acquire(m, "a_1", at(2), 4000).await.unwrap());
+    let listed = s.lease_list("partition/", at(3)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let l = &listed[0];
+    assert_eq!(
+        (
+            l.name.as_str(),
+            l.holder.as_str(),
+            l.acquired_at,
+            l.renewed_at,
+            l.expires_at,
+            l.transitions
+        ),
+        (p1, "a_1", T0, at(2), at(6), 1)
+    );
+    assert_eq!(s.lease_list("", at(3)).await.unwrap().len(), 2);
+    assert_eq!(s.lease_list("member/", at(3)).await.unwrap()[0].name, m);
+    assert!(
+        s.lease_list("", at(6)).await.unwrap().is_empty(),
+        "expired at expires_at"
+    );
+    assert!(
+        !s.lease_acquire(p1, "b_1", Millis(at(6).0 - 1), 4000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.lease_acquire(p1, "b_1", at(6), 4000).await.unwrap(),
+        "expired"
+    );
+    let l = &s.lease_list("partition/", at(7)).await.unwrap()[0];
+    assert_eq!(
+        (l.holder.as_str(), l.acquired_at, l.transitions),
+        ("b_1", at(6), 2)
+    );
+    assert!(
+        !s.lease_release(p1, "a_1").await.unwrap(),
+        "not a's any more"
+    );
+    assert!(s.lease_release(p1, "b_1").await.unwrap());
+    assert!(s.lease_list("partition/", at(7)).await.unwrap().is_empty());
+    assert!(
+        s.lease_acquire(p1, "c_1", at(7), 4000).await.unwrap(),
+        "free after release"
+    );
+
+    // Concurrent first acquisitions: exactly one wins.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            s.lease_acquire("partition/2", &format!("n{i}_x"), at(8), 4000)
+                .await
+                .unwrap()
+        });
+    }
+    let mut winners = 0;
+    while let Some(won) = tasks.join_next().await {
+        winners += usize::from(won.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
 /// `db_now` reads the database's clock, which is close to this host's; `ping` answers.
 pub async fn check_db_now(s: &DynStore) {
     s.ping().await.unwrap();
@@ -1520,6 +1801,11 @@ macro_rules! conformance {
                 check_scan_txns,
                 check_large_values_are_never_truncated,
                 check_db_now,
+                check_partition_count_is_fixed,
+                check_fence_partition_bumps_epochs,
+                check_stale_epoch_writes_conflict,
+                check_fenced_claims,
+                check_leases,
             );
     };
     (@store $fresh:path; $($check:ident),+ $(,)?) => {

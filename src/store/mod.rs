@@ -16,6 +16,14 @@
 //!   [`Error::Query`], never cut short.
 //! - **One clock.** Times come from the store's [`clock::StoreClock`], anchored to the database's clock, not
 //!   from each host's wall clock.
+//! - **Fencing.** Every partition has an epoch ([`LeaseEpoch`]) that [`Store::fence_partition`] bumps when a
+//!   replica takes the partition over. A fenced write ([`TxnUpdate::fence`], [`ClaimScope::Fenced`]) checks
+//!   the stored epoch *inside the same database transaction* as its conditional write, holding a shared lock
+//!   on the partition row until commit, so an epoch bump is ordered either wholly before the write (which then
+//!   is `Conflict` / claims nothing there) or wholly after it. Writes without a fence (new transactions, API
+//!   calls) are guarded by the status and version compare-and-set alone.
+//! - **Leases.** The `sql` lease backend keeps its leases in the store ([`Store::lease_acquire`]): a lease is
+//!   taken only when it is free, expired on the caller's store clock, or already the caller's.
 //!
 //! The group-commit [`writer::Writer`] sits in front of `apply` and is the only caller of it in the server.
 
@@ -36,8 +44,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::model::{
-    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, KvRecord, Millis, Op, Partition,
-    TransOptions, TransType, Version,
+    Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, KvRecord, LeaseEpoch,
+    Millis, Op, Partition, TransOptions, TransType, Version,
 };
 
 /// Errors of the store layer. Lost races are not errors (see [`WriteOutcome::Conflict`]).
@@ -199,6 +207,9 @@ pub struct TxnUpdate {
     pub new_branches: Vec<Branch>,
     /// The time of the change (`update_time`).
     pub now: Millis,
+    /// Fencing: applies only while the stored epoch of this partition is the given one (else `Conflict`).
+    /// The recovery scanner's passes set it; `None` for writes that no partition owner makes (the API's).
+    pub fence: Option<Fence>,
 }
 
 impl TxnUpdate {
@@ -216,6 +227,7 @@ impl TxnUpdate {
             branches: Vec::new(),
             new_branches: Vec::new(),
             now,
+            fence: None,
         }
     }
 }
@@ -284,8 +296,59 @@ pub struct Claim {
     pub owner: String,
     /// At most this many.
     pub limit: u32,
-    /// Only these partitions (`None`: all; an empty list: none).
-    pub partitions: Option<Vec<Partition>>,
+    /// Which partitions, and whether fenced.
+    pub scope: ClaimScope,
+}
+
+/// Which partitions a [`Claim`] takes rows from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimScope {
+    /// Every partition, unfenced (a single replica driving the scan by hand, tests).
+    All,
+    /// These partitions, unfenced (an empty list: none).
+    Partitions(Vec<Partition>),
+    /// These partitions, each only while its stored epoch is the given one. Partitions whose epoch moved on
+    /// contribute no rows and are reported in [`Claimed::stale`].
+    Fenced(Vec<Fence>),
+}
+
+/// What a claim took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claimed {
+    /// The claimed rows as stored after the claim, in no particular order.
+    pub txns: Vec<GlobalTxn>,
+    /// Partitions of a fenced claim whose stored epoch is not the claimed one (the claimer lost them).
+    pub stale: Vec<Partition>,
+}
+
+/// A partition's fencing row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFence {
+    /// The partition.
+    pub partition: Partition,
+    /// Its current epoch (0: never taken).
+    pub epoch: LeaseEpoch,
+    /// Who took it at this epoch.
+    pub owner: String,
+    /// When (store clock).
+    pub fenced_at: Millis,
+}
+
+/// A lease row of the `sql` lease backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The lease name (`member/<node>` or `partition/<n>`).
+    pub name: String,
+    /// The holder's identity.
+    pub holder: String,
+    /// When the current holder took it (store clock).
+    pub acquired_at: Millis,
+    /// Its last renewal.
+    pub renewed_at: Millis,
+    /// When it expires unless renewed.
+    pub expires_at: Millis,
+    /// How often it changed hands.
+    pub transitions: u64,
 }
 
 /// The durable store. See the module docs for the contract.
@@ -315,11 +378,46 @@ pub trait Store: Send + Sync + 'static {
     async fn scan_txns(&self, filter: &ScanFilter) -> Result<Vec<GlobalTxn>>;
 
     /// Atomically claims up to `limit` unfinished due transactions (`next_cron_time <= now`, earliest first,
-    /// in `partitions` when given): sets their `next_cron_time` to `lease_until` and `owner`, changes nothing
-    /// else, and returns them as stored after the claim (in no particular order). Two concurrent claims never
-    /// return the same row. A claim does not change the version: the state-changing write of whoever
-    /// processes the transaction is what the version guards.
-    async fn claim_due(&self, claim: &Claim) -> Result<Vec<GlobalTxn>>;
+    /// in the claim's [`ClaimScope`]): sets their `next_cron_time` to `lease_until` and `owner`, changes
+    /// nothing else, and returns them as stored after the claim (in no particular order). Two concurrent
+    /// claims never return the same row. A claim does not change the version: the state-changing write of
+    /// whoever processes the transaction is what the version guards. A fenced claim takes rows only from
+    /// partitions whose stored epoch equals the claimed one, checked in the claim's database transaction;
+    /// the others are listed in [`Claimed::stale`]. MySQL claims lock with `FOR UPDATE SKIP LOCKED`, so
+    /// concurrent claimers pass each other's rows by instead of waiting.
+    async fn claim_due(&self, claim: &Claim) -> Result<Claimed>;
+
+    /// Records the partition count at the first start and returns the recorded one (which the caller must
+    /// compare with its own: a different count would put transactions in the wrong partitions). Creates the
+    /// fencing rows of partitions `0..count` (epoch 0). Idempotent; concurrent first starts agree on one count.
+    async fn init_partitions(&self, count: u16) -> Result<u16>;
+
+    /// Takes partition `p` over for `owner`: bumps its epoch by one and returns the new epoch. Every call
+    /// returns a distinct epoch, so no two owners ever share one. Waits for fenced writes of the partition
+    /// that are in flight (they commit under the old epoch first). `Corrupt` if the partition has no row
+    /// ([`Store::init_partitions`] not run).
+    async fn fence_partition(&self, p: Partition, owner: &str, now: Millis) -> Result<LeaseEpoch>;
+
+    /// Every partition's fencing row, by partition.
+    async fn partition_fences(&self) -> Result<Vec<PartitionFence>>;
+
+    /// Acquires the lease `name` for `holder` until `now + duration_ms`, or renews it when `holder` already
+    /// holds it. Succeeds only when the lease does not exist, is free, has `expires_at <= now`, or is
+    /// `holder`'s; a change of holder resets `acquired_at` and counts a transition. `false` when another
+    /// holder's lease is live or a concurrent acquire won. Idempotent for the holder.
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        duration_ms: i64,
+    ) -> Result<bool>;
+
+    /// Releases (deletes) the lease `name` if `holder` holds it; `false` if it did not.
+    async fn lease_release(&self, name: &str, holder: &str) -> Result<bool>;
+
+    /// Leases whose name starts with `prefix` and that are live at `now` (`expires_at > now`), by name.
+    async fn lease_list(&self, prefix: &str, now: Millis) -> Result<Vec<LeaseRecord>>;
 
     /// For unfinished transactions scheduled later than `after`, sets `next_cron_time = now`, at most
     /// `limit` rows. Returns how many changed.

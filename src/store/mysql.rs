@@ -59,13 +59,38 @@ impl SqlStore {
             .connect(&dsn)
             .await
             .map_err(Error::Unavailable)?;
-        MIGRATOR.run(&pool).await?;
+        migrate_locked(&pool, &db).await?;
         tracing::debug!(dsn = %redact_dsn(&dsn), "mysql store open");
         Ok(SqlStore {
             pool,
             dialect: Dialect::Mysql,
         })
     }
+}
+
+/// Runs the migrations under a named lock, so replicas starting together on a fresh database apply them
+/// once. (sqlx's own migration lock is `GET_LOCK(name, -1)`, which MariaDB answers with NULL at once instead
+/// of waiting: without this, concurrent first starts fail on duplicate migration rows.)
+async fn migrate_locked(pool: &sqlx::AnyPool, db: &str) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let name = format!("braid_migrate_{db}");
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
+        .bind(&name)
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked != Some(1) {
+        return Err(Error::Config(format!(
+            "could not take the migration lock {name} within 60 s (another replica is migrating?)"
+        )));
+    }
+    let migrated = MIGRATOR.run(&mut *conn).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(&name)
+        .execute(&mut *conn)
+        .await;
+    migrated?;
+    released?;
+    Ok(())
 }
 
 /// Splits `mysql://u:p@h:3306/db?x=y` into (`mysql://u:p@h:3306/?x=y`, `db`).
@@ -102,6 +127,30 @@ mod tests {
         assert_eq!(db, "braid");
         assert!(split_database("mysql://root@127.0.0.1:3306").is_err());
         assert!(split_database("mysql://root@127.0.0.1:3306/").is_err());
+    }
+
+    /// Replicas starting together on a fresh database all come up: the migrations run once, under a lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_starts_migrate_once() {
+        let base = std::env::var(crate::store::testing::MYSQL_ENV)
+            .unwrap_or_else(|_| crate::store::testing::MYSQL_DEFAULT.to_owned());
+        let name = format!("braid_t_{}", uuid::Uuid::new_v4().simple());
+        let dsn = format!("{}/{name}", base.trim_end_matches('/'));
+        let opens = (0..4).map(|_| SqlStore::open_mysql(&dsn));
+        for opened in futures::future::join_all(opens).await {
+            let store = opened.unwrap();
+            store.pool.close().await;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/", base.trim_end_matches('/')))
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP DATABASE `{name}`"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
     }
 
     /// Every connection is strict, so overlong values fail instead of being truncated.

@@ -7,10 +7,13 @@ use sqlx::AnyPool;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Claim, Error, Result, ScanFilter, Schedule, Store, TxnUpdate, Write, WriteOutcome};
+use super::{
+    Claim, ClaimScope, Claimed, Error, LeaseRecord, PartitionFence, Result, ScanFilter, Schedule,
+    Store, TxnUpdate, Write, WriteOutcome,
+};
 use crate::model::{
-    Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, KvRecord, Millis, Partition,
-    Version,
+    Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, KvRecord, LeaseEpoch,
+    Millis, Partition, Version,
 };
 
 /// What differs between SQL databases.
@@ -36,6 +39,23 @@ impl Dialect {
         match self {
             Self::Sqlite => "BEGIN IMMEDIATE",
             Self::Mysql => "BEGIN",
+        }
+    }
+
+    /// Appended to a `SELECT` that must keep the rows it read unchanged until commit. SQLite needs nothing:
+    /// its write transactions (`BEGIN IMMEDIATE`) exclude every other writer.
+    fn share_lock(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Mysql => " LOCK IN SHARE MODE",
+        }
+    }
+
+    /// An `INSERT` that skips rows whose key exists.
+    fn insert_ignore(self) -> &'static str {
+        match self {
+            Self::Sqlite => "INSERT OR IGNORE INTO",
+            Self::Mysql => "INSERT IGNORE INTO",
         }
     }
 }
@@ -167,6 +187,32 @@ fn decode_kv(row: &AnyRow) -> Result<KvRecord> {
     })
 }
 
+fn decode_lease(row: &AnyRow) -> Result<LeaseRecord> {
+    let transitions: i64 = row.try_get("transitions")?;
+    Ok(LeaseRecord {
+        name: text(row, "name")?,
+        holder: text(row, "holder")?,
+        acquired_at: Millis(row.try_get("acquired_at")?),
+        renewed_at: Millis(row.try_get("renewed_at")?),
+        expires_at: Millis(row.try_get("expires_at")?),
+        transitions: u64::try_from(transitions).map_err(|e| corrupt("lease transitions", e))?,
+    })
+}
+
+fn decode_partition(row: &AnyRow) -> Result<Partition> {
+    let p: i64 = row.try_get("partition_id")?;
+    Ok(Partition(
+        u16::try_from(p).map_err(|e| corrupt("partition_id", e))?,
+    ))
+}
+
+fn decode_epoch(row: &AnyRow) -> Result<LeaseEpoch> {
+    let e: i64 = row.try_get("epoch")?;
+    Ok(LeaseEpoch(
+        u64::try_from(e).map_err(|e| corrupt("epoch", e))?,
+    ))
+}
+
 fn options_json(txn_options: &crate::model::TransOptions) -> Result<String> {
     serde_json::to_string(txn_options).map_err(|e| corrupt("options", e))
 }
@@ -292,6 +338,11 @@ impl SqlStore {
         tx: &mut Transaction<'static, Any>,
         u: &TxnUpdate,
     ) -> Result<WriteOutcome> {
+        if let Some(fence) = u.fence
+            && !self.stale_fences(tx, &[fence]).await?.is_empty()
+        {
+            return Ok(WriteOutcome::Conflict);
+        }
         // The status the row has after this write: when it is final, the row is never scheduled (also for an
         // update of a row that already was final).
         let resulting = u.status.unwrap_or(u.expect_status);
@@ -400,6 +451,100 @@ impl SqlStore {
         Ok(WriteOutcome::Applied(version))
     }
 
+    /// The partitions of `fences` whose stored epoch is another (or that have no fencing row). On MySQL the
+    /// partition rows stay share-locked until the transaction ends, so no epoch bump can commit in between:
+    /// the check holds for every write made in the same transaction.
+    async fn stale_fences(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        fences: &[Fence],
+    ) -> Result<Vec<Partition>> {
+        if fences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT partition_id, epoch FROM braid_partition WHERE partition_id IN ({}){}",
+            placeholders(fences.len()),
+            self.dialect.share_lock()
+        );
+        let mut q = sqlx::query(&sql);
+        for f in fences {
+            q = q.bind(i64::from(f.partition.0));
+        }
+        let mut stored = std::collections::HashMap::new();
+        for row in q.fetch_all(&mut **tx).await? {
+            stored.insert(decode_partition(&row)?, decode_epoch(&row)?);
+        }
+        Ok(fences
+            .iter()
+            .filter(|f| stored.get(&f.partition) != Some(&f.epoch))
+            .map(|f| f.partition)
+            .collect())
+    }
+
+    /// Claims due rows of `partitions` inside `tx`.
+    async fn claim_rows(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        c: &Claim,
+        partitions: &Option<Vec<Partition>>,
+    ) -> Result<Vec<GlobalTxn>> {
+        let pfilter = Self::partition_filter(partitions);
+        match self.dialect {
+            Dialect::Sqlite => {
+                // One statement under SQLite's single-writer lock.
+                let sql = format!(
+                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN (SELECT id FROM braid_txn \
+                     WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?) RETURNING {TXN_COLS}"
+                );
+                let q = sqlx::query(&sql)
+                    .bind(c.lease_until.0)
+                    .bind(c.owner.as_str())
+                    .bind(c.now.0);
+                let rows = bind_partitions(q, partitions)
+                    .bind(i64::from(c.limit))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter().map(decode_txn).collect()
+            }
+            Dialect::Mysql => {
+                let sql = format!(
+                    "SELECT id FROM braid_txn WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ? \
+                     FOR UPDATE SKIP LOCKED"
+                );
+                let q = sqlx::query(&sql).bind(c.now.0);
+                let ids: Vec<i64> = bind_partitions(q, partitions)
+                    .bind(i64::from(c.limit))
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get("id"))
+                    .collect::<Result<_, _>>()?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let in_list = placeholders(ids.len());
+                let sql = format!(
+                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN ({in_list})"
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(c.lease_until.0)
+                    .bind(c.owner.as_str());
+                for id in &ids {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut **tx).await?;
+                let sql = format!("SELECT {TXN_COLS} FROM braid_txn WHERE id IN ({in_list})");
+                let mut q = sqlx::query(&sql);
+                for id in &ids {
+                    q = q.bind(*id);
+                }
+                let rows = q.fetch_all(&mut **tx).await?;
+                rows.iter().map(decode_txn).collect()
+            }
+        }
+    }
+
     fn partition_filter(partitions: &Option<Vec<Partition>>) -> String {
         match partitions {
             Some(ps) if ps.is_empty() => " AND 1 = 0".to_owned(),
@@ -504,64 +649,174 @@ impl Store for SqlStore {
         rows.iter().map(decode_txn).collect()
     }
 
-    async fn claim_due(&self, c: &Claim) -> Result<Vec<GlobalTxn>> {
-        let pfilter = Self::partition_filter(&c.partitions);
-        match self.dialect {
-            Dialect::Sqlite => {
-                // One statement: atomic under SQLite's single-writer lock.
-                let sql = format!(
-                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN (SELECT id FROM braid_txn \
-                     WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?) RETURNING {TXN_COLS}"
-                );
-                let q = sqlx::query(&sql)
-                    .bind(c.lease_until.0)
-                    .bind(c.owner.as_str())
-                    .bind(c.now.0);
-                let rows = bind_partitions(q, &c.partitions)
-                    .bind(i64::from(c.limit))
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(decode_txn).collect()
-            }
-            Dialect::Mysql => {
-                let mut tx = self.pool.begin().await?;
-                let sql = format!(
-                    "SELECT id FROM braid_txn WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ? \
-                     FOR UPDATE SKIP LOCKED"
-                );
-                let q = sqlx::query(&sql).bind(c.now.0);
-                let ids: Vec<i64> = bind_partitions(q, &c.partitions)
-                    .bind(i64::from(c.limit))
-                    .fetch_all(&mut *tx)
-                    .await?
+    async fn claim_due(&self, c: &Claim) -> Result<Claimed> {
+        let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
+        let (partitions, stale) = match &c.scope {
+            ClaimScope::All => (None, Vec::new()),
+            ClaimScope::Partitions(ps) => (Some(ps.clone()), Vec::new()),
+            ClaimScope::Fenced(fences) => {
+                let stale = self.stale_fences(&mut tx, fences).await?;
+                let live = fences
                     .iter()
-                    .map(|r| r.try_get("id"))
-                    .collect::<Result<_, _>>()?;
-                if ids.is_empty() {
-                    tx.commit().await?;
-                    return Ok(Vec::new());
-                }
-                let in_list = placeholders(ids.len());
-                let sql = format!(
-                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN ({in_list})"
-                );
-                let mut q = sqlx::query(&sql)
-                    .bind(c.lease_until.0)
-                    .bind(c.owner.as_str());
-                for id in &ids {
-                    q = q.bind(*id);
-                }
-                q.execute(&mut *tx).await?;
-                let sql = format!("SELECT {TXN_COLS} FROM braid_txn WHERE id IN ({in_list})");
-                let mut q = sqlx::query(&sql);
-                for id in &ids {
-                    q = q.bind(*id);
-                }
-                let rows = q.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows.iter().map(decode_txn).collect()
+                    .map(|f| f.partition)
+                    .filter(|p| !stale.contains(p))
+                    .collect();
+                (Some(live), stale)
             }
+        };
+        let txns = self.claim_rows(&mut tx, c, &partitions).await?;
+        tx.commit().await?;
+        Ok(Claimed { txns, stale })
+    }
+
+    async fn init_partitions(&self, count: u16) -> Result<u16> {
+        let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
+        let sql = format!(
+            "{} braid_meta (k, v) VALUES ('partitions', ?)",
+            self.dialect.insert_ignore()
+        );
+        sqlx::query(&sql)
+            .bind(count.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT v FROM braid_meta WHERE k = 'partitions'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored_text = text(&row, "v")?;
+        let stored: u16 = stored_text
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| corrupt("stored partition count", &stored_text))?;
+        let ids: Vec<i64> = (0..i64::from(stored)).collect();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let values = vec!["(?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "{} braid_partition (partition_id) VALUES {values}",
+                self.dialect.insert_ignore()
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn fence_partition(&self, p: Partition, owner: &str, now: Millis) -> Result<LeaseEpoch> {
+        let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
+        let bumped = sqlx::query(
+            "UPDATE braid_partition SET epoch = epoch + 1, owner = ?, fenced_at = ? WHERE partition_id = ?",
+        )
+        .bind(owner)
+        .bind(now.0)
+        .bind(i64::from(p.0))
+        .execute(&mut *tx)
+        .await?;
+        if bumped.rows_affected() == 0 {
+            return Err(Error::Corrupt(format!(
+                "partition {p} has no fencing row: the partition count was not initialised"
+            )));
+        }
+        let row = sqlx::query("SELECT epoch FROM braid_partition WHERE partition_id = ?")
+            .bind(i64::from(p.0))
+            .fetch_one(&mut *tx)
+            .await?;
+        let epoch = decode_epoch(&row)?;
+        tx.commit().await?;
+        Ok(epoch)
+    }
+
+    async fn partition_fences(&self) -> Result<Vec<PartitionFence>> {
+        let rows = sqlx::query(
+            "SELECT partition_id, epoch, owner, fenced_at FROM braid_partition ORDER BY partition_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PartitionFence {
+                    partition: decode_partition(row)?,
+                    epoch: decode_epoch(row)?,
+                    owner: text(row, "owner")?,
+                    fenced_at: Millis(row.try_get("fenced_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        duration_ms: i64,
+    ) -> Result<bool> {
+        let expires = now.0.saturating_add(duration_ms.max(0));
+        // `holder` is assigned last: MySQL evaluates assignments left to right with the new values, SQLite
+        // with the old ones; with this order both compare against the previous holder.
+        let taken = sqlx::query(
+            "UPDATE braid_lease SET \
+             transitions = transitions + CASE WHEN holder = ? THEN 0 ELSE 1 END, \
+             acquired_at = CASE WHEN holder = ? THEN acquired_at ELSE ? END, \
+             renewed_at = ?, expires_at = ?, holder = ? \
+             WHERE name = ? AND (holder = ? OR holder = '' OR expires_at <= ?)",
+        )
+        .bind(holder)
+        .bind(holder)
+        .bind(now.0)
+        .bind(now.0)
+        .bind(expires)
+        .bind(holder)
+        .bind(name)
+        .bind(holder)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await?;
+        if taken.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let created = sqlx::query(
+            "INSERT INTO braid_lease (name, holder, acquired_at, renewed_at, expires_at, transitions) \
+             VALUES (?, ?, ?, ?, ?, 1)",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.0)
+        .bind(now.0)
+        .bind(expires)
+        .execute(&self.pool)
+        .await;
+        match created {
+            Ok(_) => Ok(true),
+            // It exists and is someone else's (or a concurrent acquire created it first).
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn lease_release(&self, name: &str, holder: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM braid_lease WHERE name = ? AND holder = ?")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn lease_list(&self, prefix: &str, now: Millis) -> Result<Vec<LeaseRecord>> {
+        let rows = sqlx::query(
+            "SELECT name, holder, acquired_at, renewed_at, expires_at, transitions FROM braid_lease \
+             WHERE SUBSTR(name, 1, ?) = ? AND expires_at > ? ORDER BY name",
+        )
+        .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+        .bind(prefix)
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_lease).collect()
     }
 
     async fn reset_cron_time(&self, after: Millis, now: Millis, limit: u32) -> Result<u64> {

@@ -11,6 +11,8 @@
 
 pub mod busi;
 pub mod grpc_busi;
+pub mod kube_fake;
+pub mod process;
 pub mod xa_rm;
 
 use std::time::Duration;
