@@ -22,6 +22,8 @@ enum Command {
     Serve(ServeArgs),
     /// Create or upgrade the store schema, then exit.
     Migrate(ServeArgs),
+    /// Print the TransactionPolicy CustomResourceDefinition as YAML (`braid crd | kubectl apply -f -`).
+    Crd,
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +52,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => ("serve", cli.serve),
         Some(Command::Serve(a)) => ("serve", a),
         Some(Command::Migrate(a)) => ("migrate", a),
+        Some(Command::Crd) => {
+            let yaml = braid::kube::policy::crd_yaml().context("rendering the CRD")?;
+            print!("{yaml}");
+            return Ok(());
+        }
     };
     let config = Config::load(&args)?;
     braid::telemetry::init(&config.log_level, config.log_format)?;

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub scanner_errors: IntCounterVec,
     /// `braid_engine_inflight`: processing passes running now.
     pub engine_inflight: IntGaugeVec,
+    /// `braid_policy_reconcile_total{outcome}`: TransactionPolicy status reconciles (`ok`, `error`).
+    pub policy_reconcile: IntCounterVec,
+    /// `braid_discovery_resolve_total{outcome}`: branch URLs resolved through EndpointSlices
+    /// (`endpoint`, `no_endpoints`).
+    pub discovery_resolve: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -142,6 +147,20 @@ impl Metrics {
                 Opts::new("braid_engine_inflight", "Processing passes running now"),
                 &["trans_type"],
             )),
+            policy_reconcile: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_policy_reconcile_total",
+                    "TransactionPolicy status reconciles by outcome",
+                ),
+                &["outcome"],
+            )),
+            discovery_resolve: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_discovery_resolve_total",
+                    "Branch URLs resolved through EndpointSlices by outcome",
+                ),
+                &["outcome"],
+            )),
             registry: registry.clone(),
         };
         reg(Box::new(m.server_process.clone()));
@@ -159,6 +178,8 @@ impl Metrics {
         reg(Box::new(m.scanner_claimed.clone()));
         reg(Box::new(m.scanner_errors.clone()));
         reg(Box::new(m.engine_inflight.clone()));
+        reg(Box::new(m.policy_reconcile.clone()));
+        reg(Box::new(m.discovery_resolve.clone()));
         m
     }
 

@@ -109,6 +109,7 @@ fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
             retry_limit: o.retry_limit,
             retry_count: 0,
             concurrent: false,
+            ..TransOptions::default()
         },
         rollback_reason: r.rollback_reason,
         req_extra: r.req_extra.into_iter().collect(),

@@ -74,6 +74,7 @@ impl TestServer {
             StartOptions {
                 scanner: false,
                 grace: Duration::from_secs(5),
+                ..StartOptions::default()
             },
         )
         .await
