@@ -18,7 +18,7 @@
 //! Declared names are unique per policy; when several policies declare the same name, the first by
 //! `namespace/name` wins. Only valid policies count.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt as _;
@@ -59,7 +59,7 @@ pub struct EndpointDiscovery {
     writer: Mutex<Option<reflector::store::Writer<EndpointSlice>>>,
     slices: Store<EndpointSlice>,
     policies: Store<TransactionPolicy>,
-    /// Service name -> ready targets, sorted by address (rebuilt on every slice event).
+    /// Service name -> ready targets, sorted (rebuilt on every slice event).
     index: RwLock<Arc<HashMap<String, Vec<Target>>>>,
     balancer: Balancer,
     metrics: Arc<Metrics>,
@@ -225,9 +225,10 @@ fn join_host_port(address: &str, port: u16) -> String {
     }
 }
 
-/// Service name -> ready targets of all its slices.
+/// Service name -> ready targets of all its slices (one per address and port set: the same address may
+/// serve different ports in different slices).
 fn build_index(slices: &[Arc<EndpointSlice>]) -> HashMap<String, Vec<Target>> {
-    let mut index: HashMap<String, BTreeMap<String, Target>> = HashMap::new();
+    let mut index: HashMap<String, Vec<Target>> = HashMap::new();
     for slice in slices {
         let Some(service) = slice.labels().get(SERVICE_LABEL) else {
             continue;
@@ -251,20 +252,18 @@ fn build_index(slices: &[Arc<EndpointSlice>]) -> HashMap<String, Vec<Target>> {
                 continue;
             }
             for address in &ep.addresses {
-                targets.insert(
-                    address.clone(),
-                    Target {
-                        address: address.clone(),
-                        ports: ports.clone(),
-                    },
-                );
+                targets.push(Target {
+                    address: address.clone(),
+                    ports: ports.clone(),
+                });
             }
         }
     }
+    for targets in index.values_mut() {
+        targets.sort_by(|a, b| (&a.address, &a.ports).cmp(&(&b.address, &b.ports)));
+        targets.dedup();
+    }
     index
-        .into_iter()
-        .map(|(k, v)| (k, v.into_values().collect()))
-        .collect()
 }
 
 /// The URL split around its host: (scheme to keep, authority, rest from the path on).
@@ -339,6 +338,8 @@ impl EndpointDiscovery {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use kube::api::ObjectMeta;
 

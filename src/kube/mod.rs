@@ -15,6 +15,7 @@ pub mod watcher;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ::kube::Client;
 use ::kube::runtime::reflector::Store;
@@ -144,6 +145,27 @@ impl OptionDefaults for PolicyDefaults {
     }
 }
 
+/// Waits until `store` has its first full list. Polls again every 200 ms: kube-runtime's readiness signal
+/// wakes only the last of several concurrent waiters (the Controller waits on the policy store too), but
+/// every poll after it fired sees it.
+async fn wait_until_ready<K>(store: &Store<K>)
+where
+    K: ::kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
+        {
+            if result.is_err() {
+                // The writer is gone (the watcher stopped); nothing will become ready.
+                std::future::pending::<()>().await;
+            }
+            return;
+        }
+    }
+}
+
 /// The running Kubernetes integration of one replica.
 pub struct KubeRuntime {
     defaults: Arc<PolicyDefaults>,
@@ -176,8 +198,8 @@ impl KubeRuntime {
         let ready_cancel = cancel.clone();
         tasks.spawn(async move {
             let both = async {
-                let _ = policy_reader.wait_until_ready().await;
-                let _ = slices.wait_until_ready().await;
+                wait_until_ready(&policy_reader).await;
+                wait_until_ready(&slices).await;
             };
             tokio::select! {
                 () = both => {

@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 pub mod busi;
+pub mod kube_api;
 
 use std::time::Duration;
 
@@ -66,6 +67,11 @@ impl TestServer {
 
     /// Starts braid with `config`, without the background scanner.
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_kube(config, None).await
+    }
+
+    /// Starts braid with `config` and, when given, the Kubernetes integration on `kube_client`.
+    pub async fn start_with_kube(config: Config, kube_client: Option<kube::Client>) -> Self {
         if let Ok(level) = std::env::var("BRAID_TEST_LOG") {
             let _ = braid::telemetry::init(&level, braid::config::LogFormat::Text);
         }
@@ -74,7 +80,7 @@ impl TestServer {
             StartOptions {
                 scanner: false,
                 grace: Duration::from_secs(5),
-                ..StartOptions::default()
+                kube_client,
             },
         )
         .await
