@@ -134,13 +134,28 @@ impl Server {
         let kube = match kube_client(config, &opts).await? {
             Some(client) => {
                 let namespace = crate::kube::namespace(&config.kube, &client);
-                tracing::info!(namespace = %namespace, "kubernetes integration on: watching TransactionPolicies and EndpointSlices");
-                Some(KubeRuntime::start(
-                    client,
-                    &namespace,
-                    metrics.clone(),
-                    &kube_cancel,
-                ))
+                match crate::kube::probe(&client, &namespace).await {
+                    Ok(()) => {
+                        tracing::info!(namespace = %namespace, "kubernetes integration on: watching TransactionPolicies and EndpointSlices");
+                        Some(KubeRuntime::start(
+                            client,
+                            &namespace,
+                            metrics.clone(),
+                            &kube_cancel,
+                        ))
+                    }
+                    // Asked for explicitly: a missing CRD or Role is a deployment error.
+                    Err(e) if config.kube.mode == KubeMode::On => {
+                        return Err(
+                            anyhow::Error::new(e).context("starting the Kubernetes integration")
+                        );
+                    }
+                    // `auto` in a pod without the CRD (e.g. a plain DTM-style Deployment): run without it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kubernetes integration off");
+                        None
+                    }
+                }
             }
             None => None,
         };

@@ -102,8 +102,14 @@ fn validate(t: &Tools, name: &str, yaml: &str) {
 
 fn validate_file(t: &Tools, file: &Path) {
     let path = file.to_string_lossy();
-    let (ok, stdout, stderr) = run(&t.validate, &["--strict", "-k", KUBE_VERSION, "--quiet", &path]);
-    assert!(ok, "kubernetes-validate --strict rejected {path}:\n{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = run(
+        &t.validate,
+        &["--strict", "-k", KUBE_VERSION, "--quiet", &path],
+    );
+    assert!(
+        ok,
+        "kubernetes-validate --strict rejected {path}:\n{stdout}\n{stderr}"
+    );
 }
 
 /// The kinds in a multi-document render, in order.
@@ -170,7 +176,10 @@ fn default_render_is_valid_and_minimal() {
         "resources: [\"endpointslices\"]",
         "resources: [\"leases\"]",
     ] {
-        assert!(yaml.contains(needle), "default render lacks {needle:?}:\n{yaml}");
+        assert!(
+            yaml.contains(needle),
+            "default render lacks {needle:?}:\n{yaml}"
+        );
     }
     assert!(!yaml.contains("HEALTHCHECK"));
 }
@@ -181,7 +190,11 @@ fn full_render_is_valid_and_has_every_optional_part() {
     let yaml = render(t, "braid", FULL);
     validate(t, "full", &yaml);
     let kinds = kinds(&yaml);
-    for kind in ["PodDisruptionBudget", "HorizontalPodAutoscaler", "ServiceMonitor"] {
+    for kind in [
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    ] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
     }
     for needle in [
@@ -194,7 +207,10 @@ fn full_render_is_valid_and_has_every_optional_part() {
     ] {
         assert!(yaml.contains(needle), "full render lacks {needle:?}");
     }
-    assert!(!yaml.contains("replicas: 3"), "the HPA owns the replica count");
+    assert!(
+        !yaml.contains("replicas: 3"),
+        "the HPA owns the replica count"
+    );
 
     // Guarded by Capabilities: without the APIs the optional objects are left out.
     let yaml = render(t, "braid", &["-f", "charts/braid/ci/full-values.yaml"]);
@@ -210,8 +226,18 @@ fn full_render_is_valid_and_has_every_optional_part() {
     assert!(!kinds_of(&yaml, "CustomResourceDefinition"));
     let yaml = render(t, "braid", &["--set", "crds.keep=false"]);
     assert!(kinds_of(&yaml, "CustomResourceDefinition") && !yaml.contains("resource-policy"));
-    let yaml = render(t, "braid", &["--set", "kubernetes.enabled=false,leaderElection.enabled=false"]);
-    assert!(!kinds_of(&yaml, "Role") && yaml.contains("value: \"off\""), "{yaml}");
+    let yaml = render(
+        t,
+        "braid",
+        &[
+            "--set",
+            "kubernetes.enabled=false,leaderElection.enabled=false",
+        ],
+    );
+    assert!(
+        !kinds_of(&yaml, "Role") && yaml.contains("value: \"off\""),
+        "{yaml}"
+    );
 }
 
 fn kinds_of(yaml: &str, kind: &str) -> bool {
@@ -223,10 +249,19 @@ fn several_replicas_without_a_shared_store_are_refused() {
     let Some(t) = tools() else { return };
     let (ok, _, stderr) = run(
         &t.helm,
-        &["template", "braid", "charts/braid", "--set", "replicaCount=3"],
+        &[
+            "template",
+            "braid",
+            "charts/braid",
+            "--set",
+            "replicaCount=3",
+        ],
     );
     assert!(!ok);
-    assert!(stderr.contains("more than one replica needs a shared store"), "{stderr}");
+    assert!(
+        stderr.contains("more than one replica needs a shared store"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -249,7 +284,10 @@ fn crds_and_manifests_are_valid_and_current() {
             "manifests/braid.yaml is stale; rerun with BRAID_UPDATE_MANIFESTS=1 cargo test --test chart"
         );
     }
-    assert!(!committed.contains("helm.sh/chart"), "plain manifests carry no Helm labels");
+    assert!(
+        !committed.contains("helm.sh/chart"),
+        "plain manifests carry no Helm labels"
+    );
 
     let (ok, built, stderr) = run(&t.kubectl, &["kustomize", "manifests"]);
     assert!(ok, "kubectl kustomize manifests:\n{stderr}");

@@ -643,3 +643,43 @@ async fn fake_api_server_serves_leases_like_the_real_one() {
     );
     watch.abort();
 }
+
+/// Inside a pod without the CRD (`auto`), braid runs without the integration; asked for it (`on`), it
+/// refuses to start and says what to install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_crd_turns_the_integration_off_in_auto_and_fails_when_on() {
+    let kinds = support::kube_api::default_kinds()
+        .into_iter()
+        .filter(|k| k.kind != "TransactionPolicy")
+        .collect();
+    let fake = FakeKube::start_with(kinds).await;
+    let mut config = test_config(&fresh_dsn(Backend::Sqlite));
+    config.kube.namespace = Some(NS.to_owned());
+    let ts = TestServer::start_with_kube(config.clone(), Some(fake.client(NS))).await;
+    let (status, reply) = ts.request(reqwest::Method::GET, "/api/ready", None).await;
+    assert_eq!(status, 200, "ready without the integration: {reply}");
+    assert!(
+        !fake.requests().iter().any(|r| r.contains("watch=true")),
+        "no watchers started: {:?}",
+        fake.requests()
+    );
+    ts.stop().await;
+
+    config.kube.mode = braid::kube::KubeMode::On;
+    let err = braid::server::Server::start(
+        &config,
+        braid::server::StartOptions {
+            scanner: false,
+            kube_client: Some(fake.client(NS)),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("start fails");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("install the CRD") && text.contains("404"),
+        "{text}"
+    );
+}

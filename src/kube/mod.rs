@@ -48,6 +48,17 @@ pub enum Error {
     /// Serialising a status patch failed.
     #[error("serialising {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The TransactionPolicy CRD is not served, or braid may not list what it needs (RBAC).
+    #[error(
+        "cannot list TransactionPolicies in namespace {namespace} ({reason}): install the CRD \
+         (`braid crd | kubectl apply -f -`, or the Helm chart) and grant braid its Role, or run with --kubernetes off"
+    )]
+    Unavailable {
+        /// The namespace.
+        namespace: String,
+        /// What the API server said.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -57,6 +68,7 @@ impl Error {
             Self::Config(_) => "config",
             Self::Api { .. } => "api",
             Self::Serialize(_) => "serialize",
+            Self::Unavailable { .. } => "unavailable",
         }
     }
 }
@@ -122,6 +134,26 @@ pub fn namespace(opts: &KubeOptions, client: &Client) -> String {
                 .filter(|n| !n.is_empty())
         })
         .unwrap_or_else(|| client.default_namespace().to_owned())
+}
+
+/// Checks that the TransactionPolicy CRD is served and listable in `namespace` (404 or 403 are
+/// [`Error::Unavailable`]). Other failures (e.g. the API server restarting) are not reported: the watchers
+/// retry them with backoff.
+pub async fn probe(client: &Client, namespace: &str) -> Result<()> {
+    let api: ::kube::Api<TransactionPolicy> = ::kube::Api::namespaced(client.clone(), namespace);
+    match api.list(&::kube::api::ListParams::default().limit(1)).await {
+        Err(::kube::Error::Api(status)) if status.code == 404 || status.code == 403 => {
+            Err(Error::Unavailable {
+                namespace: namespace.to_owned(),
+                reason: format!("{} {}", status.code, status.message),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "probing the TransactionPolicy API failed; the watchers will retry");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Option defaults from the reflected TransactionPolicies (see [`policy`] for the precedence).
