@@ -307,3 +307,22 @@ fn example_policy_is_a_valid_transaction_policy() {
     assert_eq!(raw["apiVersion"], "braid.dev/v1alpha1");
     assert!(!policy.spec.services.is_empty() && !policy.spec.branch_headers.is_empty());
 }
+
+#[test]
+fn braid_crd_prints_the_committed_crd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .arg("crd")
+        .output()
+        .expect("run braid crd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read_to_string(Path::new(ROOT).join("crds/transactionpolicy.yaml")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "`braid crd` differs from crds/transactionpolicy.yaml; regenerate it with `cargo run -- crd > crds/transactionpolicy.yaml`"
+    );
+}
