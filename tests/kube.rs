@@ -683,3 +683,48 @@ async fn missing_crd_turns_the_integration_off_in_auto_and_fails_when_on() {
         "{text}"
     );
 }
+
+/// kube-runtime's streaming-list mode (`sendInitialEvents=true`): the current objects arrive as the watch's
+/// first events, ended by the `k8s.io/initial-events-end` bookmark; later changes follow on the same watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_api_server_serves_streaming_lists() {
+    let fake = FakeKube::start().await;
+    let leases: Api<Lease> = Api::namespaced(fake.client(NS), NS);
+    for name in ["a", "b"] {
+        let lease: Lease = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        leases.create(&PostParams::default(), &lease).await.unwrap();
+    }
+    let stream = watcher(leases.clone(), watcher::Config::default().streaming_lists());
+    let mut stream = std::pin::pin!(stream);
+    let mut next = async || {
+        tokio::time::timeout(PROPAGATION, futures::StreamExt::next(&mut stream))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    let mut initial = Vec::new();
+    loop {
+        match next().await {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(l) => initial.push(l.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected event before InitDone: {other:?}"),
+        }
+    }
+    initial.sort();
+    assert_eq!(initial, ["a", "b"]);
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    match next().await {
+        watcher::Event::Apply(l) => assert_eq!(l.metadata.name.as_deref(), Some("c")),
+        other => panic!("expected the new lease, got {other:?}"),
+    }
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.contains("sendInitialEvents=true")),
+        "{:?}",
+        fake.requests()
+    );
+}

@@ -143,7 +143,8 @@ pub struct NewTxn<'a> {
     pub gid: &'a str,
     /// The transaction type.
     pub trans_type: TransType,
-    /// The branch URLs known at creation: saga and msg step URLs, and the back-check URL.
+    /// The branch URLs known at creation: saga and msg step URLs (not `topic://` ones), and the back-check
+    /// URL.
     pub branch_urls: Vec<&'a str>,
 }
 
@@ -325,7 +326,7 @@ impl Engine {
                         .map(|(_, v)| v.as_str())
                 })
                 .chain(std::iter::once(req.query_prepared.as_str()))
-                .filter(|u| !u.is_empty())
+                .filter(|u| !u.is_empty() && !u.starts_with(TOPIC_SCHEME))
                 .collect();
             let new = NewTxn {
                 gid: req.gid.as_str(),
