@@ -56,7 +56,8 @@ impl Default for StartOptions {
     }
 }
 
-/// The Kubernetes client to use, if the integration is on.
+/// The Kubernetes client to use, if the integration is on. `on` fails without a usable configuration;
+/// `auto` then runs without the integration (with a warning).
 async fn kube_client(
     config: &Config,
     opts: &StartOptions,
@@ -70,10 +71,17 @@ async fn kube_client(
     if !config.kube.enabled(&|k| std::env::var(k).ok()) {
         return Ok(None);
     }
-    let client = crate::kube::client()
-        .await
-        .context("starting the Kubernetes integration (use --kubernetes off to run without it)")?;
-    Ok(Some(client))
+    match crate::kube::client().await {
+        Ok(client) => Ok(Some(client)),
+        // `auto` in a pod without a usable service account: run without the integration.
+        Err(e) if config.kube.mode == KubeMode::Auto => {
+            tracing::warn!(error = %e, "kubernetes integration off");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(
+            "starting the Kubernetes integration (use --kubernetes off to run without it)",
+        )),
+    }
 }
 
 /// A running server.
