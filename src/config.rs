@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::cluster::scanner::ScannerOptions;
 use crate::cluster::{ClusterOptions, LeaseBackendKind, LeaseTiming};
 use crate::engine::EngineOptions;
+use crate::kube::{KubeMode, KubeOptions};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -100,6 +101,13 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "BRAID_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Kubernetes integration (TransactionPolicy watcher, EndpointSlice discovery): `auto` turns it on
+    /// inside a pod (`KUBERNETES_SERVICE_HOST` set).
+    #[arg(long, env = "BRAID_KUBERNETES", value_enum)]
+    pub kubernetes: Option<KubeMode>,
+    /// Namespace whose TransactionPolicies and EndpointSlices are watched (default: `POD_NAMESPACE`).
+    #[arg(long, env = "BRAID_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
 }
 
 /// The YAML file: the same keys as the flags.
@@ -128,6 +136,8 @@ struct FileConfig {
     alert_retry_limit: Option<i64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    kubernetes: Option<KubeMode>,
+    kube_namespace: Option<String>,
 }
 
 /// The resolved configuration.
@@ -177,6 +187,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Kubernetes integration.
+    pub kube: KubeOptions,
 }
 
 /// The embedded default store.
@@ -207,6 +219,7 @@ impl Default for Config {
             alert_retry_limit: 3,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
+            kube: KubeOptions::default(),
         }
     }
 }
@@ -405,6 +418,10 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or(d.log_level),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            kube: KubeOptions {
+                mode: args.kubernetes.or(file.kubernetes).unwrap_or(d.kube.mode),
+                namespace: args.kube_namespace.clone().or(file.kube_namespace),
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -535,6 +552,12 @@ mod tests {
             (10, 35, 3)
         );
         assert_eq!((cfg.scan_interval, cfg.backoff_cap), (1, 3600));
+        assert_eq!(cfg.kube.mode, KubeMode::Auto);
+        assert!(!cfg.kube.enabled(&env(&[])), "auto is off outside a pod");
+        assert!(
+            cfg.kube
+                .enabled(&env(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]))
+        );
     }
 
     #[test]
@@ -544,7 +567,7 @@ mod tests {
         let file = dir.join("braid.yaml");
         std::fs::write(
             &file,
-            "http-port: 1111\ngrpc-port: 2222\nretry-interval: 7\nbackoff-cap: 60\n",
+            "http-port: 1111\ngrpc-port: 2222\nretry-interval: 7\nbackoff-cap: 60\nkubernetes: off\nkube-namespace: shop\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -567,6 +590,12 @@ mod tests {
         assert_eq!(cfg.retry_interval, 7, "file beats default");
         assert_eq!(cfg.backoff_cap, 60);
         assert_eq!(cfg.store, "mysql://root:pw@db:3306/dtm");
+        assert_eq!(cfg.kube.mode, KubeMode::Off);
+        assert_eq!(cfg.kube.namespace.as_deref(), Some("shop"));
+        assert!(
+            !cfg.kube
+                .enabled(&env(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod invoke;
+pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod proto;

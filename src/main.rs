@@ -23,6 +23,8 @@ enum Command {
     Serve(ServeArgs),
     /// Create or upgrade the store schema, then exit.
     Migrate(ServeArgs),
+    /// Print the TransactionPolicy CustomResourceDefinition as YAML (`braid crd | kubectl apply -f -`).
+    Crd,
     /// Show a transaction and its branches (asks a running server).
     Query {
         /// The global transaction id.
@@ -99,7 +101,9 @@ async fn admin(command: Command) -> anyhow::Result<()> {
         Command::ForceStop { gid, server } => {
             AdminClient::new(&server.server)?.force_stop(&gid).await?
         }
-        Command::Serve(_) | Command::Migrate(_) => anyhow::bail!("not an admin command"),
+        Command::Serve(_) | Command::Migrate(_) | Command::Crd => {
+            anyhow::bail!("not an admin command")
+        }
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
@@ -110,6 +114,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => ("serve", cli.serve),
         Some(Command::Serve(a)) => ("serve", a),
         Some(Command::Migrate(a)) => ("migrate", a),
+        Some(Command::Crd) => {
+            let yaml = braid::kube::policy::crd_yaml().context("rendering the CRD")?;
+            print!("{yaml}");
+            return Ok(());
+        }
         Some(other) => return admin(other).await,
     };
     let config = Config::load(&args)?;

@@ -58,6 +58,11 @@ pub struct Metrics {
     /// `braid_cluster_fenced_rejections_total{op}`: scanner claims (`op="claim"`, per partition) and pass
     /// writes (`op="write"`) the store refused because this replica's epoch was stale.
     pub cluster_fenced_rejections: IntCounterVec,
+    /// `braid_policy_reconcile_total{outcome}`: TransactionPolicy status reconciles (`ok`, `error`).
+    pub policy_reconcile: IntCounterVec,
+    /// `braid_discovery_resolve_total{outcome}`: branch URLs resolved through EndpointSlices
+    /// (`endpoint`, `no_endpoints`).
+    pub discovery_resolve: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -199,6 +204,20 @@ impl Metrics {
                 ),
                 &["op"],
             )),
+            policy_reconcile: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_policy_reconcile_total",
+                    "TransactionPolicy status reconciles by outcome",
+                ),
+                &["outcome"],
+            )),
+            discovery_resolve: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_discovery_resolve_total",
+                    "Branch URLs resolved through EndpointSlices by outcome",
+                ),
+                &["outcome"],
+            )),
             registry: registry.clone(),
         };
         reg(Box::new(m.server_process.clone()));
@@ -224,6 +243,8 @@ impl Metrics {
         reg(Box::new(m.cluster_lease_losses.clone()));
         reg(Box::new(m.cluster_lease_renew_failures.clone()));
         reg(Box::new(m.cluster_fenced_rejections.clone()));
+        reg(Box::new(m.policy_reconcile.clone()));
+        reg(Box::new(m.discovery_resolve.clone()));
         m
     }
 

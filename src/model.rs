@@ -348,6 +348,12 @@ pub struct TransOptions {
     pub retry_count: i64,
     /// msg: call branches in parallel.
     pub concurrent: bool,
+    /// Upper bound of the retry backoff in seconds (0 = server default); set by a `TransactionPolicy`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub backoff_cap: i64,
+    /// `namespace/name` of the `TransactionPolicy` whose defaults were applied at creation (empty: none).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub policy: String,
 }
 
 fn is_false(b: &bool) -> bool {

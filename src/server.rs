@@ -5,9 +5,9 @@
 //! the lease backend, and take this replica's first share of partitions before serving.
 //!
 //! Shutdown order (nothing accepted is lost): stop accepting requests and stop scanning; let running passes
-//! finish (bounded by a grace period; unfinished ones are resumed by a later scan); release the leases (so
-//! other replicas take the partitions over within a retry period); flush the group-commit writer so every
-//! queued write is committed and answered; close the store.
+//! finish (bounded by a grace period; unfinished ones are resumed by a later scan); stop the Kubernetes
+//! watchers; release the leases (so other replicas take the partitions over within a retry period); flush the
+//! group-commit writer so every queued write is committed and answered; close the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,18 +24,32 @@ use crate::cluster::{self, Identity, StoreFencing};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::invoke::Invoker;
+use crate::kube::{KubeMode, KubeRuntime};
 use crate::metrics::Metrics;
 use crate::store::clock::StoreClock;
 use crate::store::writer::{Writer, WriterOptions};
 use crate::store::{self, DynStore, redact_dsn};
 
 /// What to start besides the API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StartOptions {
     /// Run the background recovery scanner (tests drive [`Server::scanner`] by hand instead).
     pub scanner: bool,
     /// How long shutdown waits for running passes.
     pub grace: Duration,
+    /// A Kubernetes client to use instead of the in-cluster/kubeconfig one; it turns the Kubernetes
+    /// integration on unless the configuration says `off` (tests point it at a fake API server).
+    pub kube_client: Option<::kube::Client>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("scanner", &self.scanner)
+            .field("grace", &self.grace)
+            .field("kube_client", &self.kube_client.is_some())
+            .finish()
+    }
 }
 
 impl Default for StartOptions {
@@ -43,7 +57,36 @@ impl Default for StartOptions {
         Self {
             scanner: true,
             grace: Duration::from_secs(10),
+            kube_client: None,
         }
+    }
+}
+
+/// The Kubernetes client to use, if the integration is on. `on` fails without a usable configuration;
+/// `auto` then runs without the integration (with a warning).
+async fn kube_client(
+    config: &Config,
+    opts: &StartOptions,
+) -> anyhow::Result<Option<::kube::Client>> {
+    if config.kube.mode == KubeMode::Off {
+        return Ok(None);
+    }
+    if let Some(client) = &opts.kube_client {
+        return Ok(Some(client.clone()));
+    }
+    if !config.kube.enabled(&|k| std::env::var(k).ok()) {
+        return Ok(None);
+    }
+    match crate::kube::client().await {
+        Ok(client) => Ok(Some(client)),
+        // `auto` in a pod without a usable service account: run without the integration.
+        Err(e) if config.kube.mode == KubeMode::Auto => {
+            tracing::warn!(error = %e, "kubernetes integration off");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(
+            "starting the Kubernetes integration (use --kubernetes off to run without it)",
+        )),
     }
 }
 
@@ -70,6 +113,8 @@ pub struct Server {
     grpc: JoinHandle<()>,
     scan: Option<JoinHandle<()>>,
     writer: JoinHandle<()>,
+    kube: Option<KubeRuntime>,
+    kube_cancel: CancellationToken,
     grace: Duration,
 }
 
@@ -103,7 +148,39 @@ impl Server {
         let (writer, writer_handle) =
             Writer::new(store.clone(), WriterOptions::default(), metrics.clone());
         let writer = tokio::spawn(writer.run(writer_cancel.clone()));
-        let invoker = Invoker::new(metrics.clone()).map_err(anyhow::Error::msg)?;
+        let kube_cancel = CancellationToken::new();
+        let kube = match kube_client(config, &opts).await? {
+            Some(client) => {
+                let namespace = crate::kube::namespace(&config.kube, &client);
+                match crate::kube::probe(&client, &namespace).await {
+                    Ok(()) => {
+                        tracing::info!(namespace = %namespace, "kubernetes integration on: watching TransactionPolicies and EndpointSlices");
+                        Some(KubeRuntime::start(
+                            client,
+                            &namespace,
+                            metrics.clone(),
+                            &kube_cancel,
+                        ))
+                    }
+                    // Asked for explicitly: a missing CRD or Role is a deployment error.
+                    Err(e) if config.kube.mode == KubeMode::On => {
+                        return Err(
+                            anyhow::Error::new(e).context("starting the Kubernetes integration")
+                        );
+                    }
+                    // `auto` in a pod without the CRD (e.g. a plain DTM-style Deployment): run without it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kubernetes integration off");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut invoker = Invoker::new(metrics.clone()).map_err(anyhow::Error::msg)?;
+        if let Some(k) = &kube {
+            invoker = invoker.with_discovery(k.discovery());
+        }
         let engine = Engine::new(
             store.clone(),
             writer_handle,
@@ -112,6 +189,9 @@ impl Server {
             config.engine_options(),
             metrics.clone(),
         );
+        if let Some(k) = &kube {
+            engine.set_option_defaults(k.option_defaults());
+        }
         let cluster_opts = config.cluster_options();
         let partitions = cluster::check_partition_count(&store, cluster_opts.partitions)
             .await
@@ -152,7 +232,13 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
-        let state = AppState::new(engine.clone(), metrics.clone(), cluster.clone());
+        let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone());
+        if let Some(k) = &kube {
+            state = state.with_ready_gate(
+                "the first sync of TransactionPolicies and EndpointSlices",
+                k.ready_flag(),
+            );
+        }
         let app = api::router(state.clone());
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
@@ -213,6 +299,8 @@ impl Server {
             grpc,
             scan,
             writer,
+            kube,
+            kube_cancel,
             grace: opts.grace,
         })
     }
@@ -236,6 +324,11 @@ impl Server {
             let _ = scan.await;
         }
         self.engine.shutdown(self.grace).await;
+        // Running passes may still resolve endpoints, so the watchers stop after them.
+        self.kube_cancel.cancel();
+        if let Some(kube) = self.kube {
+            kube.stopped().await;
+        }
         self.keeper_cancel.cancel();
         let _ = self.keeper.await;
         self.writer_cancel.cancel();

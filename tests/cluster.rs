@@ -523,7 +523,6 @@ async fn a_replica_started_with_another_partition_count_refuses_to_start() {
     drop_database(&dsn).await;
 }
 
-#[cfg(feature = "kubernetes")]
 mod kubernetes {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};

@@ -207,6 +207,7 @@ impl TransBody {
                 retry_limit: self.retry_limit,
                 retry_count: 0,
                 concurrent: self.concurrent,
+                ..TransOptions::default()
             },
             rollback_reason: self.rollback_reason,
             req_extra: self.req_extra,

@@ -135,6 +135,7 @@ fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
             retry_limit: o.retry_limit,
             retry_count: 0,
             concurrent: false,
+            ..TransOptions::default()
         },
         rollback_reason: r.rollback_reason,
         req_extra: r.req_extra.into_iter().collect(),
@@ -155,7 +156,8 @@ impl Dtm for DtmService {
     async fn submit(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
         self.tracked("submit", async move {
             let req = to_request(req.into_inner())?;
-            submit_reply(self.state.engine.submit(req).await?)?;
+            // Boxed: a submit pass is a large future, and this one is nested in the tracking wrapper.
+            submit_reply(Box::pin(self.state.engine.submit(req)).await?)?;
             Ok(Response::new(()))
         })
         .await

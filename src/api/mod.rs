@@ -1,5 +1,6 @@
-//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/metrics`, and braid's own
-//! `/api/braid/cluster` (membership and partition ownership as this replica sees them).
+//! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/ready`, `/api/metrics`, the
+//! admin page, and braid's own `/api/braid/cluster` (membership and partition ownership as this replica sees
+//! them).
 //! Every error becomes a response in exactly one place ([`Error`]'s `IntoResponse`).
 
 mod body;
@@ -9,7 +10,8 @@ mod jsonrpc;
 mod render;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -38,6 +40,8 @@ pub struct AppState {
     topic_lock: dtmsvr::TopicLock,
     /// The lease keeper (for `/api/braid/cluster`).
     pub cluster: KeeperHandle,
+    /// Besides the store, what `/api/ready` waits for: (what, flag that turns true when ready).
+    gates: Vec<(&'static str, Arc<AtomicBool>)>,
 }
 
 impl AppState {
@@ -48,7 +52,15 @@ impl AppState {
             metrics,
             topic_lock: dtmsvr::TopicLock::default(),
             cluster,
+            gates: Vec::new(),
         }
+    }
+
+    /// Makes `/api/ready` answer 503 until `flag` is true (`what` names it in the reply).
+    #[must_use]
+    pub fn with_ready_gate(mut self, what: &'static str, flag: Arc<AtomicBool>) -> Self {
+        self.gates.push((what, flag));
+        self
     }
 }
 
@@ -148,6 +160,7 @@ pub fn router(state: AppState) -> Router {
             "/api/ping",
             any(|| async { axum::Json(json!({"msg": "pong"})) }),
         )
+        .route("/api/ready", get(ready))
         .route("/api/metrics", get(metrics_text))
         .route("/", get(admin_page))
         .route("/admin", get(admin_page))
@@ -169,6 +182,33 @@ async fn admin_page() -> axum::response::Html<&'static str> {
 /// `GET /api/braid/cluster`: `{"node_id", "partitions", "members": [{"node_id", "partitions": [..]}]}`.
 async fn cluster_view(State(state): State<AppState>) -> axum::Json<crate::cluster::ClusterView> {
     axum::Json(state.cluster.view())
+}
+
+/// Readiness (for a Kubernetes readiness probe): 200 once the store answers a ping within 2 s and every
+/// gate (e.g. the first sync of the TransactionPolicies) is open; else 503 naming what is missing.
+/// `/api/ping` stays the liveness check: it answers whenever the process serves HTTP.
+async fn ready(State(state): State<AppState>) -> Response {
+    let ping = tokio::time::timeout(Duration::from_secs(2), state.engine.store().ping()).await;
+    let problem = match ping {
+        Err(_) => Some("the store did not answer within 2 s".to_owned()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "readiness: store ping failed");
+            Some("the store is unavailable".to_owned())
+        }
+        Ok(Ok(())) => state
+            .gates
+            .iter()
+            .find(|(_, flag)| !flag.load(Ordering::Acquire))
+            .map(|(what, _)| format!("waiting for {what}")),
+    };
+    match problem {
+        None => axum::Json(json!({"msg": "ready"})).into_response(),
+        Some(m) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"message": m})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

@@ -60,6 +60,8 @@ pub(crate) fn txn(t: &GlobalTxn) -> Value {
     }
     put_num(&mut m, "retry_limit", o.retry_limit);
     put_num(&mut m, "retry_count", o.retry_count);
+    put_num(&mut m, "backoff_cap", o.backoff_cap);
+    put_str(&mut m, "policy", &o.policy);
     m.insert("concurrent".into(), json!(o.concurrent));
     Value::Object(m)
 }

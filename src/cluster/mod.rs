@@ -27,7 +27,6 @@
 
 pub mod assignment;
 pub mod keeper;
-#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod lease;
 pub mod local;
@@ -53,7 +52,6 @@ pub enum Error {
     #[error("cluster store operation failed: {0}")]
     Store(#[from] store::Error),
     /// The Kubernetes API failed.
-    #[cfg(feature = "kubernetes")]
     #[error("kubernetes lease operation failed: {0}")]
     Kubernetes(#[from] kube::Error),
     /// The store was initialised with another partition count.
@@ -94,7 +92,6 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store(e) => e.is_retryable(),
-            #[cfg(feature = "kubernetes")]
             Self::Kubernetes(_) => true,
             Self::Timeout { .. } => true,
             Self::PartitionCountMismatch { .. } | Self::Config(_) | Self::MalformedLease { .. } => {
@@ -107,7 +104,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Store(_) => "store",
-            #[cfg(feature = "kubernetes")]
             Self::Kubernetes(_) => "kubernetes",
             Self::PartitionCountMismatch { .. } => "partition_count",
             Self::Config(_) => "config",
@@ -333,7 +329,6 @@ pub async fn open_backend(
     }
 }
 
-#[cfg(feature = "kubernetes")]
 async fn open_kubernetes(opts: &ClusterOptions) -> Result<Arc<dyn lease::LeaseBackend>> {
     let config = kube::Config::infer().await.map_err(|e| {
         Error::Config(format!(
@@ -350,13 +345,6 @@ async fn open_kubernetes(opts: &ClusterOptions) -> Result<Arc<dyn lease::LeaseBa
         &namespace,
         &opts.kube_lease_prefix,
     )))
-}
-
-#[cfg(not(feature = "kubernetes"))]
-async fn open_kubernetes(_opts: &ClusterOptions) -> Result<Arc<dyn lease::LeaseBackend>> {
-    Err(Error::Config(
-        "this build of braid has no kubernetes support (feature `kubernetes`): use --lease-backend sql".into(),
-    ))
 }
 
 /// One member as a replica sees it: the `members` entries of `GET /api/braid/cluster`.

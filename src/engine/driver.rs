@@ -60,6 +60,15 @@ pub(crate) fn base_interval(options: &TransOptions, opts: &EngineOptions) -> i64
     .max(1)
 }
 
+/// The backoff cap: the transaction's (from a `TransactionPolicy`), else the server's.
+pub(crate) fn backoff_cap(options: &TransOptions, opts: &EngineOptions) -> i64 {
+    if options.backoff_cap > 0 {
+        options.backoff_cap
+    } else {
+        opts.backoff_cap
+    }
+}
+
 /// The next interval after an error: doubled, at most `cap` (and never below `base`).
 pub(crate) fn backoff(current: i64, base: i64, cap: i64) -> i64 {
     current.max(base).saturating_mul(2).min(cap.max(base))
@@ -312,7 +321,11 @@ impl<'a> Pass<'a> {
         let interval = match self.retry {
             Retry::Reset => base,
             Retry::Keep => current,
-            Retry::Backoff => backoff(current, base, self.inner.opts.backoff_cap),
+            Retry::Backoff => backoff(
+                current,
+                base,
+                backoff_cap(&self.txn.options, &self.inner.opts),
+            ),
         };
         let mut at = now.plus_secs(interval);
         if let Some(w) = self.wake_at

@@ -17,7 +17,7 @@ mod workflow;
 mod xa;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -138,6 +138,26 @@ pub fn validate_custom_data(
     }
 }
 
+/// What a [`OptionDefaults`] source sees of a transaction being created.
+#[derive(Debug, Clone)]
+pub struct NewTxn<'a> {
+    /// The gid.
+    pub gid: &'a str,
+    /// The transaction type.
+    pub trans_type: TransType,
+    /// The branch URLs known at creation: saga and msg step URLs (not `topic://` ones), and the back-check
+    /// URL.
+    pub branch_urls: Vec<&'a str>,
+}
+
+/// Supplies defaults for the options a new transaction did not set (Kubernetes `TransactionPolicy`
+/// objects). The filled options are stored with the transaction, so later changes of the source affect
+/// new transactions only.
+pub trait OptionDefaults: Send + Sync {
+    /// Fills the options `options` left unset (zero values, missing headers); never overrides a set one.
+    fn fill(&self, txn: &NewTxn<'_>, options: &mut TransOptions);
+}
+
 /// A create request (prepare, submit, prepareWorkflow), already validated by the API.
 #[derive(Debug, Clone)]
 pub struct TxnRequest {
@@ -186,6 +206,7 @@ pub(crate) struct Inner {
     pub(crate) opts: EngineOptions,
     pub(crate) metrics: Arc<Metrics>,
     inflight: Mutex<HashSet<Gid>>,
+    defaults: OnceLock<Arc<dyn OptionDefaults>>,
     events: broadcast::Sender<PassEvent>,
     tasks: TaskTracker,
 }
@@ -224,10 +245,17 @@ impl Engine {
                 opts,
                 metrics,
                 inflight: Mutex::new(HashSet::new()),
+                defaults: OnceLock::new(),
                 events,
                 tasks: TaskTracker::new(),
             }),
         }
+    }
+
+    /// Installs the source of option defaults for new transactions (once, at start-up). Returns `false`
+    /// when one was installed already.
+    pub fn set_option_defaults(&self, defaults: Arc<dyn OptionDefaults>) -> bool {
+        self.inner.defaults.set(defaults).is_ok()
     }
 
     /// The store clock.
@@ -305,6 +333,25 @@ impl Engine {
     fn build_txn(&self, req: &TxnRequest, status: GlobalStatus, now: Millis) -> GlobalTxn {
         let mut options = req.options.clone();
         options.retry_count = 0;
+        if let Some(defaults) = self.inner.defaults.get() {
+            let urls = req
+                .steps
+                .iter()
+                .flat_map(|s| {
+                    s.iter()
+                        .filter(|(k, _)| k.as_str() != "data")
+                        .map(|(_, v)| v.as_str())
+                })
+                .chain(std::iter::once(req.query_prepared.as_str()))
+                .filter(|u| !u.is_empty() && !u.starts_with(TOPIC_SCHEME))
+                .collect();
+            let new = NewTxn {
+                gid: req.gid.as_str(),
+                trans_type: req.trans_type,
+                branch_urls: urls,
+            };
+            defaults.fill(&new, &mut options);
+        }
         let base = self.base_interval(&options);
         let mut txn = GlobalTxn {
             id: 0,

@@ -68,12 +68,36 @@ pub struct BranchCall<'a> {
     pub timeout: Duration,
 }
 
+/// A branch URL rewritten by [`Discovery`] to one endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The URL to call (the endpoint's `ip:port` in place of the service host).
+    pub url: String,
+    /// The authority of the original URL, sent as the HTTP `Host` header.
+    pub host: String,
+    /// The chosen endpoint (`ip:port`), reported back with [`Discovery::report`].
+    pub endpoint: String,
+}
+
+/// Resolves branch URLs whose host names a discovered service (Kubernetes EndpointSlices) to one endpoint.
+/// The invoker asks just before each call, so endpoint changes apply to the next call.
+pub trait Discovery: Send + Sync {
+    /// `None`: the URL's host is not a discovered service; call the URL as it is.
+    /// `Some(Ok(_))`: call this endpoint. `Some(Err(why))`: the service is known but has no usable endpoint.
+    /// `key` identifies the call (gid, branch, op): a key whose last call failed gets another endpoint.
+    fn resolve(&self, url: &str, protocol: Protocol, key: &str)
+    -> Option<Result<Resolved, String>>;
+    /// Reports how the call to `resolved.endpoint` went (`ok`: the endpoint answered, whatever it said).
+    fn report(&self, key: &str, resolved: &Resolved, ok: bool);
+}
+
 /// Calls branches over every supported transport. Cheap to clone (connection pools are shared).
 #[derive(Clone)]
 pub struct Invoker {
     http: http::HttpInvoker,
     grpc: grpc::GrpcInvoker,
     metrics: Arc<Metrics>,
+    discovery: Option<Arc<dyn Discovery>>,
 }
 
 impl Invoker {
@@ -83,7 +107,15 @@ impl Invoker {
             http: http::HttpInvoker::new()?,
             grpc: grpc::GrpcInvoker::default(),
             metrics,
+            discovery: None,
         })
+    }
+
+    /// Resolves branch URLs through `discovery` before each call.
+    #[must_use]
+    pub fn with_discovery(mut self, discovery: Arc<dyn Discovery>) -> Self {
+        self.discovery = Some(discovery);
+        self
     }
 
     /// POSTs a JSON document (alert webhook); any non-2xx answer is an error.
@@ -97,26 +129,63 @@ impl Invoker {
             return CallOutcome::Success;
         }
         let started = std::time::Instant::now();
-        let is_http_url = call.url.starts_with("http://") || call.url.starts_with("https://");
-        // Spec §6.1: JSON-RPC when the transaction says so and the URL names a method; else HTTP when the
-        // transaction says so or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
-        let transport = match call.protocol {
-            Protocol::JsonRpc if call.url.contains("method") => Protocol::JsonRpc,
-            Protocol::Http => Protocol::Http,
-            Protocol::JsonRpc | Protocol::Grpc if is_http_url => Protocol::Http,
-            Protocol::JsonRpc | Protocol::Grpc => Protocol::Grpc,
+        let Some(discovery) = &self.discovery else {
+            return self.dispatch(call, started).await;
         };
-        let outcome = match transport {
+        let key = format!("{}/{}/{}", call.gid, call.branch_id, call.op);
+        match discovery.resolve(call.url, call.protocol, &key) {
+            None => self.dispatch(call, started).await,
+            Some(Err(why)) => {
+                let outcome = CallOutcome::Error(format!("calling {}: {why}", call.url));
+                self.record(call, &outcome, started);
+                outcome
+            }
+            Some(Ok(resolved)) => {
+                let mut headers = call.headers.clone();
+                if resolved.url.starts_with("http") {
+                    headers.retain(|k, _| !k.eq_ignore_ascii_case("host"));
+                    headers.insert("host".to_owned(), resolved.host.clone());
+                }
+                let routed = BranchCall {
+                    url: &resolved.url,
+                    headers: &headers,
+                    ..call.clone()
+                };
+                let outcome = self.dispatch(&routed, started).await;
+                discovery.report(&key, &resolved, !matches!(outcome, CallOutcome::Error(_)));
+                outcome
+            }
+        }
+    }
+
+    async fn dispatch(&self, call: &BranchCall<'_>, started: std::time::Instant) -> CallOutcome {
+        let outcome = match transport(call) {
             Protocol::JsonRpc => self.http.call_json_rpc(call).await,
             Protocol::Http => self.http.call(call).await,
             Protocol::Grpc => self.grpc.call(call).await,
         };
-        let protocol = transport.as_str();
+        self.record(call, &outcome, started);
+        outcome
+    }
+
+    fn record(&self, call: &BranchCall<'_>, outcome: &CallOutcome, started: std::time::Instant) {
+        let protocol = transport(call).as_str();
         self.metrics
             .branch_call_duration
             .with_label_values(&[protocol, outcome.label()])
             .observe(started.elapsed().as_secs_f64());
-        outcome
+    }
+}
+
+/// The transport of a call (spec §6.1): JSON-RPC when the transaction says so and the URL names a method;
+/// else HTTP when the transaction says so or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
+fn transport(call: &BranchCall<'_>) -> Protocol {
+    let is_http_url = call.url.starts_with("http://") || call.url.starts_with("https://");
+    match call.protocol {
+        Protocol::JsonRpc if call.url.contains("method") => Protocol::JsonRpc,
+        Protocol::Http => Protocol::Http,
+        Protocol::JsonRpc | Protocol::Grpc if is_http_url => Protocol::Http,
+        Protocol::JsonRpc | Protocol::Grpc => Protocol::Grpc,
     }
 }
 

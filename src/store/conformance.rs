@@ -79,6 +79,8 @@ pub async fn check_insert_round_trip(s: &DynStore) {
             retry_limit: 4,
             retry_count: 2,
             concurrent: true,
+            backoff_cap: 60,
+            policy: "shop/payments".to_owned(),
         },
         result: "cmVzdWx0".to_owned(),
         rollback_reason: "not yet".to_owned(),

@@ -171,7 +171,6 @@ impl FakeApiServer {
     }
 
     /// A `kube::Client` talking to this fake, default namespace `default`.
-    #[cfg(feature = "kubernetes")]
     pub fn client(&self) -> kube::Client {
         let uri: axum::http::Uri = self.url().parse().expect("fake URL");
         kube::Client::try_from(kube::Config::new(uri)).expect("kube client for the fake")

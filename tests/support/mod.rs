@@ -11,6 +11,7 @@
 
 pub mod busi;
 pub mod grpc_busi;
+pub mod kube_api;
 pub mod kube_fake;
 pub mod process;
 pub mod xa_rm;
@@ -78,6 +79,11 @@ impl TestServer {
 
     /// Starts braid with `config`, without the background scanner.
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_kube(config, None).await
+    }
+
+    /// Starts braid with `config` and, when given, the Kubernetes integration on `kube_client`.
+    pub async fn start_with_kube(config: Config, kube_client: Option<kube::Client>) -> Self {
         if let Ok(level) = std::env::var("BRAID_TEST_LOG") {
             let _ = braid::telemetry::init(&level, braid::config::LogFormat::Text);
         }
@@ -86,6 +92,7 @@ impl TestServer {
             StartOptions {
                 scanner: false,
                 grace: Duration::from_secs(5),
+                kube_client,
             },
         )
         .await
