@@ -21,6 +21,9 @@ mod msg;
 mod query;
 mod saga;
 mod tcc;
+pub mod workflow;
+#[cfg(feature = "mysql")]
+pub mod xa;
 
 #[cfg(feature = "axum")]
 mod axum_ext;
@@ -45,6 +48,9 @@ pub use msg::Msg;
 pub use query::BranchQuery;
 pub use saga::Saga;
 pub use tcc::{BranchIdGen, Tcc, TccBuilder, tcc_global_transaction};
+pub use workflow::{Workflow, Workflows};
+#[cfg(feature = "mysql")]
+pub use xa::{Xa, XaBuilder, xa_global_transaction};
 
 /// A boxed `Send` future: what business closures passed to the barrier, `do_and_submit_db`, XA and
 /// workflow callbacks return (`|conn| Box::pin(async move { ... })`).
@@ -64,5 +70,11 @@ impl DtmClient {
     /// A TCC global transaction with id `gid` (set options, then [`TccBuilder::run`]).
     pub fn tcc(&self, gid: impl Into<String>) -> TccBuilder {
         TccBuilder::new(self, gid)
+    }
+
+    /// An XA global transaction with id `gid` (set options, then [`XaBuilder::run`]).
+    #[cfg(feature = "mysql")]
+    pub fn xa(&self, gid: impl Into<String>) -> XaBuilder {
+        XaBuilder::new(self, gid)
     }
 }
