@@ -150,6 +150,14 @@ impl Bank {
         format!("{}/{route}", self.url())
     }
 
+    pub fn out_user(&self) -> i64 {
+        self.state.out_user
+    }
+
+    pub fn in_user(&self) -> i64 {
+        self.state.in_user
+    }
+
     pub fn store(&self) -> &Store {
         &self.state.store
     }
