@@ -158,11 +158,7 @@ impl DtmClient {
         }
     }
 
-    async fn post_json<T: serde::Serialize>(
-        &self,
-        call: &'static str,
-        body: &T,
-    ) -> Result<String> {
+    async fn post_json<T: serde::Serialize>(&self, call: &'static str, body: &T) -> Result<String> {
         let Transport::Http { base } = &self.transport else {
             return Err(Error::InvalidArgument(format!(
                 "{call} over HTTP on a gRPC client"
@@ -199,8 +195,7 @@ impl DtmClient {
                         )));
                     }
                 };
-                res.map(drop)
-                    .map_err(|s| Error::from_grpc_status(call, s))
+                res.map(drop).map_err(|s| Error::from_grpc_status(call, s))
             }
         }
     }

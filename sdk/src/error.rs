@@ -27,7 +27,9 @@ pub enum Error {
     #[error("{0} ONGOING")]
     Ongoing(String),
     /// The msg barrier found its row already present: the back-check ran first, so the business must not.
-    #[error("barrier of {gid}: the msg back-check already ran, the business is not executed (DUPLICATED)")]
+    #[error(
+        "barrier of {gid}: the msg back-check already ran, the business is not executed (DUPLICATED)"
+    )]
     Duplicated {
         /// The global transaction.
         gid: String,

@@ -235,7 +235,11 @@ macro_rules! option_setters {
 
             /// A header (gRPC: metadata entry) sent with every branch call.
             #[must_use]
-            pub fn branch_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            pub fn branch_header(
+                mut self,
+                name: impl Into<String>,
+                value: impl Into<String>,
+            ) -> Self {
                 self.req
                     .options
                     .branch_headers
@@ -274,7 +278,10 @@ mod tests {
         let mut req = TransRequest {
             gid: "g1".to_owned(),
             trans_type: SAGA,
-            steps: vec![BTreeMap::from([("action".to_owned(), "http://a".to_owned())])],
+            steps: vec![BTreeMap::from([(
+                "action".to_owned(),
+                "http://a".to_owned(),
+            )])],
             payloads: vec![b"{\"amount\":30}".to_vec()],
             ..TransRequest::default()
         };

@@ -378,7 +378,10 @@ impl WfBranch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .rollbacks
-            .push((self.branch_id.clone(), Box::new(move |bb| Box::pin(callback(bb)))));
+            .push((
+                self.branch_id.clone(),
+                Box::new(move |bb| Box::pin(callback(bb))),
+            ));
         self
     }
 
@@ -395,7 +398,10 @@ impl WfBranch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .commits
-            .push((self.branch_id.clone(), Box::new(move |bb| Box::pin(callback(bb)))));
+            .push((
+                self.branch_id.clone(),
+                Box::new(move |bb| Box::pin(callback(bb))),
+            ));
         self
     }
 
@@ -411,7 +417,9 @@ impl WfBranch {
         let result = if let Some(p) = wf.recorded(&self.branch_id, "action") {
             match p.status.as_str() {
                 "succeed" => Ok(p.data.clone()),
-                _ => Err(Error::Failure(String::from_utf8_lossy(&p.data).into_owned())),
+                _ => Err(Error::Failure(
+                    String::from_utf8_lossy(&p.data).into_owned(),
+                )),
             }
         } else {
             let result = action(wf.barrier(&self.branch_id, "action")?).await;
@@ -421,15 +429,24 @@ impl WfBranch {
                         .await?
                 }
                 Err(e) if e.is_failure() => {
-                    wf.record(&self.branch_id, "action", "failed", e.message().into_bytes())
-                        .await?
+                    wf.record(
+                        &self.branch_id,
+                        "action",
+                        "failed",
+                        e.message().into_bytes(),
+                    )
+                    .await?
                 }
                 Err(_) => {}
             }
             result
         };
         if matches!(&result, Err(e) if e.is_failure()) && !wf.inner.compensate_error_branch {
-            let mut lists = wf.inner.phase2.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut lists = wf
+                .inner
+                .phase2
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             lists.rollbacks.retain(|(id, _)| *id != self.branch_id);
         }
         result

@@ -17,23 +17,51 @@ async fn duplicate_action_and_compensation_run_once(kind: Kind) {
     let bank = Bank::start(store(kind).await).await;
     let g = gid("dup");
     // Each delivery builds a fresh barrier from the request, as a handler does.
-    bank.adjust(&barrier(&g, "action"), true, -30).await.unwrap();
-    bank.adjust(&barrier(&g, "action"), true, -30).await.unwrap();
-    assert_eq!(bank.balances().await, ((9970, 0), (10_000, 0)), "the repeat did nothing");
-    bank.adjust(&barrier(&g, "compensate"), true, 30).await.unwrap();
-    bank.adjust(&barrier(&g, "compensate"), true, 30).await.unwrap();
-    assert_eq!(bank.balances().await, Bank::start_balances(), "refunded exactly once");
+    bank.adjust(&barrier(&g, "action"), true, -30)
+        .await
+        .unwrap();
+    bank.adjust(&barrier(&g, "action"), true, -30)
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.balances().await,
+        ((9970, 0), (10_000, 0)),
+        "the repeat did nothing"
+    );
+    bank.adjust(&barrier(&g, "compensate"), true, 30)
+        .await
+        .unwrap();
+    bank.adjust(&barrier(&g, "compensate"), true, 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.balances().await,
+        Bank::start_balances(),
+        "refunded exactly once"
+    );
 }
 
 async fn null_compensation_then_hanging_action_do_nothing(kind: Kind) {
     let bank = Bank::start(store(kind).await).await;
     let g = gid("null-comp");
     // The compensation arrives first (the action's request was lost or is late): nothing to refund.
-    bank.adjust(&barrier(&g, "compensate"), true, 30).await.unwrap();
-    assert_eq!(bank.balances().await, Bank::start_balances(), "null compensation");
+    bank.adjust(&barrier(&g, "compensate"), true, 30)
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.balances().await,
+        Bank::start_balances(),
+        "null compensation"
+    );
     // The late action must not run any more (hanging), and still answers success.
-    bank.adjust(&barrier(&g, "action"), true, -30).await.unwrap();
-    assert_eq!(bank.balances().await, Bank::start_balances(), "hanging action suppressed");
+    bank.adjust(&barrier(&g, "action"), true, -30)
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.balances().await,
+        Bank::start_balances(),
+        "hanging action suppressed"
+    );
 }
 
 async fn failed_action_rolls_back_its_barrier_and_its_compensation_is_null(kind: Kind) {
@@ -45,7 +73,9 @@ async fn failed_action_rolls_back_its_barrier_and_its_compensation_is_null(kind:
         .unwrap_err();
     assert!(err.is_failure(), "{err}");
     // The saga compensates a failed action too; its barrier row was rolled back, so this is null.
-    bank.adjust(&barrier(&g, "compensate"), true, 20_000).await.unwrap();
+    bank.adjust(&barrier(&g, "compensate"), true, 20_000)
+        .await
+        .unwrap();
     assert_eq!(bank.balances().await, Bank::start_balances());
 }
 
@@ -96,14 +126,20 @@ async fn tcc_out_of_order_try_after_concurrent_cancels(kind: Kind) {
                     let scanner = a.server.scanner.clone();
                     async move { scanner.scan_once(true).await.expect("scan A") }
                 });
-                cancel_finished.recv().await.expect("first cancel committed");
+                cancel_finished
+                    .recv()
+                    .await
+                    .expect("first cancel committed");
                 // Replica B: the same transaction is due again there; a second cancel runs concurrently.
                 b.forward(400);
                 let second = tokio::spawn({
                     let scanner = b.server.scanner.clone();
                     async move { scanner.scan_once(true).await.expect("scan B") }
                 });
-                cancel_finished.recv().await.expect("second cancel committed");
+                cancel_finished
+                    .recv()
+                    .await
+                    .expect("second cancel committed");
                 // The late try.
                 let resp = reqwest::Client::new()
                     .post(bank.at("TransOutTry"))

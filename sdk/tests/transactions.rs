@@ -16,7 +16,13 @@ async fn mysql_bank() -> Bank {
     Bank::start(Store::Mysql(mysql_pool().await)).await
 }
 
-async fn saga(client: &DtmClient, bank: &Bank, g: &str, out: &str, inn: &str) -> braid_client::Result<()> {
+async fn saga(
+    client: &DtmClient,
+    bank: &Bank,
+    g: &str,
+    out: &str,
+    inn: &str,
+) -> braid_client::Result<()> {
     let req = bank::req(30, out, inn);
     client
         .saga(g)
@@ -64,7 +70,12 @@ async fn saga_rollback_compensates_and_reports_the_reason() {
     // TransIn failed inside its barrier transaction, so its compensation was a null compensation.
     assert_eq!(
         bank.routes_of(&g),
-        ["TransOut", "TransIn", "TransInCompensate", "TransOutCompensate"]
+        [
+            "TransOut",
+            "TransIn",
+            "TransInCompensate",
+            "TransOutCompensate"
+        ]
     );
     assert_eq!(bank.balances().await, Bank::start_balances());
     braid.stop().await;
@@ -94,7 +105,11 @@ async fn concurrent_saga_with_orders_and_every_option() {
         .await
         .unwrap();
     assert_eq!(braid.status(&g).await, "succeed");
-    assert_eq!(bank.routes_of(&g), ["TransOut", "TransIn"], "order 1 after 0");
+    assert_eq!(
+        bank.routes_of(&g),
+        ["TransOut", "TransIn"],
+        "order 1 after 0"
+    );
     let txn = braid.query(&g).await["transaction"].clone();
     let custom: serde_json::Value =
         serde_json::from_str(txn["custom_data"].as_str().unwrap()).unwrap();
@@ -116,7 +131,12 @@ async fn concurrent_saga_with_orders_and_every_option() {
     braid.stop().await;
 }
 
-async fn tcc_transfer(client: &DtmClient, bank: &Bank, g: &str, inn: &str) -> braid_client::Result<()> {
+async fn tcc_transfer(
+    client: &DtmClient,
+    bank: &Bank,
+    g: &str,
+    inn: &str,
+) -> braid_client::Result<()> {
     let req = bank::req(30, "", inn);
     client
         .tcc(g)
@@ -156,7 +176,12 @@ async fn tcc_confirms_over_http_and_grpc() {
         );
         assert_eq!(
             bank.routes_of(&g),
-            ["TransOutTry", "TransInTry", "TransInConfirm", "TransOutConfirm"],
+            [
+                "TransOutTry",
+                "TransInTry",
+                "TransInConfirm",
+                "TransOutConfirm"
+            ],
             "{name}: confirms in reverse order"
         );
     }
@@ -180,7 +205,12 @@ async fn tcc_try_failure_cancels_every_branch() {
     );
     assert_eq!(
         bank.routes_of(&g),
-        ["TransOutTry", "TransInTry", "TransInCancel", "TransOutCancel"]
+        [
+            "TransOutTry",
+            "TransInTry",
+            "TransInCancel",
+            "TransOutCancel"
+        ]
     );
     assert_eq!(bank.balances().await, Bank::start_balances());
     braid.stop().await;
@@ -220,12 +250,21 @@ async fn nested_tcc_branch_ids_extend_the_parent() {
         .iter()
         .map(|b| b["branch_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["0101", "0101"], "[cancel, confirm] of sub-branch 0101");
+    assert_eq!(
+        ids,
+        ["0101", "0101"],
+        "[cancel, confirm] of sub-branch 0101"
+    );
     assert_eq!(braid.status(&g).await, "succeed");
     braid.stop().await;
 }
 
-async fn xa_transfer(client: &DtmClient, bank: &Bank, g: &str, inn: &str) -> braid_client::Result<()> {
+async fn xa_transfer(
+    client: &DtmClient,
+    bank: &Bank,
+    g: &str,
+    inn: &str,
+) -> braid_client::Result<()> {
     let req = bank::req(30, "", inn);
     client
         .xa(g)
@@ -372,7 +411,11 @@ async fn workflow_commits_and_resumes_without_repeating_steps() {
     let result = workflows.execute_by_query(&query, input).await.unwrap();
     assert_eq!(result, b"done");
     assert_eq!(braid.status(&g).await, "succeed");
-    assert_eq!(bank.routes_of(&g), ["TransOut", "TransIn"], "TransOut ran once");
+    assert_eq!(
+        bank.routes_of(&g),
+        ["TransOut", "TransIn"],
+        "TransOut ran once"
+    );
     assert_eq!(bank.balances().await, Bank::moved(30));
     // A finished workflow returns its stored result.
     let again = workflows
@@ -391,10 +434,7 @@ async fn workflow_failure_runs_the_rollbacks_in_reverse() {
     register_transfer(&workflows, &bank, Arc::new(AtomicU32::new(0)));
     let g = gid("wf-rollback");
     let input = serde_json::to_vec(&bank::req(30, "", "FAILURE")).unwrap();
-    let err = workflows
-        .execute("transfer", &g, input)
-        .await
-        .unwrap_err();
+    let err = workflows.execute("transfer", &g, input).await.unwrap_err();
     assert!(err.is_failure(), "{err}");
     assert_eq!(braid.status(&g).await, "failed");
     // TransIn failed (its own rollback is skipped: it rolled back locally); TransOut is compensated.
@@ -407,7 +447,10 @@ async fn workflow_failure_runs_the_rollbacks_in_reverse() {
         .execute("transfer", &g, Vec::new())
         .await
         .unwrap_err();
-    assert!(stored.is_failure(), "a failed workflow stays failed: {stored}");
+    assert!(
+        stored.is_failure(),
+        "a failed workflow stays failed: {stored}"
+    );
     braid.stop().await;
 }
 
@@ -428,7 +471,10 @@ async fn msg_with_topic_and_grpc_prepare_submit() {
     let topic = gid("topic");
     let resp = reqwest::Client::new()
         .get(format!("{}/subscribe", braid.dtm()))
-        .query(&[("topic", topic.as_str()), ("url", bank.at("TransIn").as_str())])
+        .query(&[
+            ("topic", topic.as_str()),
+            ("url", bank.at("TransIn").as_str()),
+        ])
         .send()
         .await
         .unwrap();

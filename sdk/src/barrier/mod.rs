@@ -112,17 +112,14 @@ impl BranchBarrier {
             .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
             .collect();
         let get = |k: &str| q.get(k).cloned().unwrap_or_default();
-        Self::new(
-            get("trans_type"),
-            get("gid"),
-            get("branch_id"),
-            get("op"),
-        )
+        Self::new(get("trans_type"), get("gid"), get("branch_id"), get("op"))
     }
 
     /// The barrier from a raw query string (`gid=..&trans_type=..&branch_id=..&op=..`).
     pub fn from_query_str(query: &str) -> Result<Self> {
-        Self::from_query(form_urlencoded::parse(query.trim_start_matches('?').as_bytes()))
+        Self::from_query(form_urlencoded::parse(
+            query.trim_start_matches('?').as_bytes(),
+        ))
     }
 
     /// The barrier from the `dtm-*` metadata of a gRPC branch call (spec §6.4).
@@ -134,12 +131,7 @@ impl BranchBarrier {
                 .unwrap_or_default()
                 .to_owned()
         };
-        Self::new(
-            get("trans_type"),
-            get("gid"),
-            get("branch_id"),
-            get("op"),
-        )
+        Self::new(get("trans_type"), get("gid"), get("branch_id"), get("op"))
     }
 
     /// Uses another barrier table than `dtm_barrier.barrier` (a trusted name, not user input).

@@ -1,7 +1,6 @@
 //! The SQL barrier (spec §12.1, §12.2) on MySQL/MariaDB and PostgreSQL, inside the caller's sqlx
 //! transaction.
 
-
 use super::{BranchBarrier, MSG_BARRIER_ID, MSG_BRANCH_ID, MSG_OP};
 use crate::error::{Error, Result};
 
@@ -282,7 +281,11 @@ impl BranchBarrier {
     /// .await
     /// # }
     /// ```
-    pub async fn call<'c, DB, F>(&self, mut tx: sqlx::Transaction<'c, DB>, business: F) -> Result<()>
+    pub async fn call<'c, DB, F>(
+        &self,
+        mut tx: sqlx::Transaction<'c, DB>,
+        business: F,
+    ) -> Result<()>
     where
         DB: BarrierDatabase,
         F: for<'t> FnOnce(&'t mut DB::Connection) -> BoxFuture<'t, Result<()>>,

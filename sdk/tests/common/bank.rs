@@ -72,8 +72,9 @@ fn random_user() -> i64 {
 
 fn uuid_like() -> u64 {
     let g = braid_client::new_gid();
-    g.bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    g.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn redis_key(user: i64) -> String {
@@ -92,12 +93,14 @@ impl Bank {
         match &store {
             Store::Mysql(pool) => {
                 for u in [out_user, in_user] {
-                    sqlx::query("INSERT INTO braid_sdk_test.user_account (user_id, balance) VALUES (?, ?)")
-                        .bind(u)
-                        .bind(START_BALANCE)
-                        .execute(pool)
-                        .await
-                        .expect("account");
+                    sqlx::query(
+                        "INSERT INTO braid_sdk_test.user_account (user_id, balance) VALUES (?, ?)",
+                    )
+                    .bind(u)
+                    .bind(START_BALANCE)
+                    .execute(pool)
+                    .await
+                    .expect("account");
                 }
             }
             Store::Postgres(pool) => {
@@ -227,7 +230,12 @@ impl Bank {
     }
 
     /// Runs a barrier-protected saga-style balance change directly (for barrier tests without a server).
-    pub async fn adjust(&self, bb: &BranchBarrier, out_side: bool, delta: i64) -> braid_client::Result<()> {
+    pub async fn adjust(
+        &self,
+        bb: &BranchBarrier,
+        out_side: bool,
+        delta: i64,
+    ) -> braid_client::Result<()> {
         let user = if out_side {
             self.state.out_user
         } else {
@@ -391,10 +399,18 @@ async fn handle(
     }
 }
 
-async fn dispatch(st: &BankState, route: &str, q: &BranchQuery, body: &[u8]) -> braid_client::Result<()> {
+async fn dispatch(
+    st: &BankState,
+    route: &str,
+    q: &BranchQuery,
+    body: &[u8],
+) -> braid_client::Result<()> {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let amount = v["amount"].as_i64().unwrap_or(0);
-    let out_result = v["trans_out_result"].as_str().unwrap_or_default().to_owned();
+    let out_result = v["trans_out_result"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let in_result = v["trans_in_result"].as_str().unwrap_or_default().to_owned();
     let (out, inn) = (st.out_user, st.in_user);
     if route.ends_with("Xa") {
@@ -455,9 +471,11 @@ async fn dispatch(st: &BankState, route: &str, q: &BranchQuery, body: &[u8]) -> 
         "QueryPrepared" => match &st.store {
             Store::Mysql(pool) => bb.query_prepared(pool).await,
             Store::Postgres(pool) => bb.query_prepared(pool).await,
-            Store::Redis(conn) => bb.redis_query_prepared(&mut conn.clone(), REDIS_EXPIRE).await,
+            Store::Redis(conn) => {
+                bb.redis_query_prepared(&mut conn.clone(), REDIS_EXPIRE)
+                    .await
+            }
         },
         other => Err(Error::other(format!("no route {other}"))),
     }
 }
-

@@ -1,7 +1,13 @@
 //! Shared harness of the SDK's integration tests: a braid server started in-process on a fresh SQLite file,
 //! real MariaDB / PostgreSQL / Redis connections, and a test bank service whose branch handlers use the SDK's
 //! barrier (the Rust counterpart of DTM's `test/busi`).
-#![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 pub mod bank;
 
