@@ -158,12 +158,12 @@ impl DtmClient {
         }
     }
 
-    async fn post_json<T: serde::Serialize>(&self, call: &'static str, body: &T) -> Result<String> {
-        let Transport::Http { base } = &self.transport else {
-            return Err(Error::InvalidArgument(format!(
-                "{call} over HTTP on a gRPC client"
-            )));
-        };
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        base: &str,
+        call: &'static str,
+        body: &T,
+    ) -> Result<String> {
         let url = format!("{base}/{call}");
         let body = to_json_bytes(call, body)?;
         let resp = self
@@ -180,7 +180,7 @@ impl DtmClient {
     /// `prepare`, `submit` or `abort` with the transaction JSON.
     pub(crate) async fn trans_call(&self, call: &'static str, req: &TransRequest) -> Result<()> {
         match &self.transport {
-            Transport::Http { .. } => self.post_json(call, &req.to_json()?).await.map(drop),
+            Transport::Http { base } => self.post_json(base, call, &req.to_json()?).await.map(drop),
             #[cfg(feature = "grpc")]
             Transport::Grpc { client, .. } => {
                 let mut c = client.clone();
@@ -203,8 +203,8 @@ impl DtmClient {
     /// `registerBranch`.
     pub(crate) async fn register_branch(&self, reg: &BranchRegistration) -> Result<()> {
         match &self.transport {
-            Transport::Http { .. } => self
-                .post_json("registerBranch", &reg.to_map()?)
+            Transport::Http { base } => self
+                .post_json(base, "registerBranch", &reg.to_map()?)
                 .await
                 .map(drop),
             #[cfg(feature = "grpc")]
@@ -362,6 +362,13 @@ fn dtm_error(call: &'static str, status: u16, body: String) -> Error {
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_else(|| body.clone());
+    // The server's message ends in the marker; the error's Display adds it back.
+    let message = message
+        .trim_end()
+        .trim_end_matches("FAILURE")
+        .trim_end_matches("ONGOING")
+        .trim_end()
+        .to_owned();
     if status == 409 || (status == 200 && body.contains("FAILURE")) {
         Error::Failure(message)
     } else if status == 425 {

@@ -146,8 +146,9 @@ impl BranchBarrier {
         &self.table
     }
 
-    /// The next barrier id: `01` on the first use, `02` on the second...
-    pub(crate) fn next_barrier_id(&self) -> String {
+    /// The next barrier id: `01` on the first use, `02` on the second... Each use of the barrier inside
+    /// one handler takes the next id (for barriers on stores this crate does not cover).
+    pub fn next_barrier_id(&self) -> String {
         format!("{:02}", self.barrier_id.fetch_add(1, Ordering::SeqCst) + 1)
     }
 

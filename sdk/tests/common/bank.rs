@@ -229,6 +229,33 @@ impl Bank {
         ((START_BALANCE - amount, 0), (START_BALANCE + amount, 0))
     }
 
+    /// A gRPC branch call: `out_side` picks the account, the barrier's op picks saga or TCC behaviour
+    /// (`action`/`compensate`, `try`/`confirm`/`cancel`), `result` may force a FAILURE.
+    pub async fn grpc_call(
+        &self,
+        out_side: bool,
+        bb: &BranchBarrier,
+        amount: i64,
+        result: String,
+    ) -> braid_client::Result<()> {
+        let st = &self.state;
+        let (user, delta) = if out_side {
+            (st.out_user, -amount)
+        } else {
+            (st.in_user, amount)
+        };
+        st.calls.lock().unwrap().push((
+            format!("{}:{}", if out_side { "out" } else { "in" }, bb.op),
+            bb.gid.clone(),
+        ));
+        match bb.op.as_str() {
+            "action" => saga_adjust(st, bb, user, delta, result).await,
+            "compensate" => saga_adjust(st, bb, user, -delta, String::new()).await,
+            phase @ ("try" | "confirm" | "cancel") => tcc(st, bb, phase, user, delta, result).await,
+            other => Err(Error::other(format!("unexpected op {other}"))),
+        }
+    }
+
     /// Runs a barrier-protected saga-style balance change directly (for barrier tests without a server).
     pub async fn adjust(
         &self,

@@ -45,7 +45,7 @@ static POSTGRES_SCHEMA: OnceCell<()> = OnceCell::const_new();
 /// A small pool on MariaDB with the barrier table and the test accounts table in place.
 pub async fn mysql_pool() -> MySqlPool {
     let pool = MySqlPoolOptions::new()
-        .max_connections(6)
+        .max_connections(4)
         .connect(&format!("{}/", mysql_url()))
         .await
         .expect("MariaDB is reachable (start it as .ci/run does)");
@@ -72,7 +72,7 @@ pub async fn mysql_pool() -> MySqlPool {
 /// A small pool on PostgreSQL with the barrier table and the test accounts table in place.
 pub async fn postgres_pool() -> PgPool {
     let pool = PgPoolOptions::new()
-        .max_connections(6)
+        .max_connections(4)
         .connect(&postgres_url())
         .await
         .expect("PostgreSQL is reachable (start it as .ci/run does)");
