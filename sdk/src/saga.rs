@@ -155,3 +155,42 @@ impl Saga {
         self.client.trans_call("submit", &req).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Unserializable;
+
+    impl Serialize for Unserializable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+
+    #[test]
+    fn concurrent_saga_merges_orders_into_custom_data() {
+        let client = DtmClient::http("http://127.0.0.1:1/api/dtmsvr");
+        let saga = Saga::new(&client, "g1")
+            .add("http://a", "http://ac", "{}")
+            .add("http://b", "http://bc", "{}")
+            .concurrent(true)
+            .add_branch_order(1, &[0])
+            .custom_data(r#"{"k":1}"#);
+        let req = saga.build().unwrap();
+        let custom: serde_json::Value = serde_json::from_str(&req.custom_data).unwrap();
+        assert_eq!(
+            custom,
+            serde_json::json!({"k": 1, "concurrent": true, "orders": {"1": [0]}})
+        );
+        assert_eq!(req.steps.len(), 2);
+    }
+
+    #[test]
+    fn unserializable_payload_is_reported_by_submit() {
+        let client = DtmClient::http("http://127.0.0.1:1/api/dtmsvr");
+        let saga = Saga::new(&client, "g1").add_json("http://a", "", &Unserializable);
+        let err = saga.build().unwrap_err();
+        assert!(err.to_string().contains("payload of step 0"), "{err}");
+    }
+}

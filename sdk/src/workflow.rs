@@ -24,7 +24,9 @@
 //! Rules: the workflow function must be deterministic in the branches it creates (replay matches steps by
 //! branch id); a step returning [`Error::Failure`] is recorded as failed and makes the workflow roll back
 //! if the function propagates it; any other error is not recorded, the function stops, nothing is
-//! submitted, and the server resumes the workflow later.
+//! submitted, and the server resumes the workflow later. The server resumes a workflow that is still
+//! unfinished after its retry interval even if the first run is still going, so steps must be idempotent
+//! (use the barrier each step and callback receives).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
