@@ -115,13 +115,17 @@ pub struct Braid {
     pub server: Server,
     pub dsn: String,
     http: reqwest::Client,
+    /// The SQLite directory this instance created (removed on stop); `None` for extra replicas.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Braid {
     /// Starts braid on a fresh SQLite file.
     pub async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("braid-sdk-{}", braid_client::new_gid()));
-        Self::start_on(&format!("sqlite://{}/braid.db", dir.display())).await
+        let mut braid = Self::start_on(&format!("sqlite://{}/braid.db", dir.display())).await;
+        braid.dir = Some(dir);
+        braid
     }
 
     /// Starts a braid replica on an existing store.
@@ -146,6 +150,7 @@ impl Braid {
             server,
             dsn: dsn.to_owned(),
             http: reqwest::Client::new(),
+            dir: None,
         }
     }
 
@@ -219,6 +224,9 @@ impl Braid {
 
     pub async fn stop(self) {
         self.server.stop().await;
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
