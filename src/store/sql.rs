@@ -2,12 +2,16 @@
 //! The backends differ only in the [`Dialect`]: how a write transaction begins, how due rows are claimed,
 //! and which error codes mean "duplicate key".
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use async_trait::async_trait;
 use sqlx::AnyPool;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Claim, Error, Result, ScanFilter, Schedule, Store, TxnUpdate, Write, WriteOutcome};
+use super::{
+    BranchUpdate, Claim, Error, Result, ScanFilter, Schedule, Store, TxnUpdate, Write, WriteOutcome,
+};
 use crate::model::{
     Branch, BranchId, BranchStatus, Gid, GlobalStatus, GlobalTxn, KvRecord, Millis, Partition,
     Version,
@@ -54,8 +58,46 @@ const BRANCH_COLS: &str = "id, gid, branch_id, op, url, bin_data, status, create
 
 const KV_COLS: &str = "id, cat, k, v, version, create_time, update_time";
 
-/// Rows per multi-row INSERT (keeps well under every database's bind-parameter limit).
-const INSERT_CHUNK: usize = 500;
+/// Most rows per multi-row statement (keeps well under every database's bind-parameter limit).
+const INSERT_CHUNK: usize = 256;
+
+/// Splits `n` rows into chunks whose lengths are powers of two (largest first), each at most `max`.
+///
+/// Every distinct statement text is a prepared statement on the connection. With chunks of any length,
+/// each batch size would prepare (and evict from sqlx's per-connection statement cache) a statement of its
+/// own, costing an extra round trip per statement; with powers of two a connection keeps about a dozen.
+fn pow2_chunks(mut n: usize, max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let mut len = max.max(1).min(n);
+        len = 1 << len.ilog2();
+        out.push(len);
+        n -= len;
+    }
+    out
+}
+
+/// Splits a batch into runs in which no gid appears twice, in order. Within such a run every write touches
+/// rows of its own gid only, so its statements may be grouped (all inserts in one statement, all branch
+/// status changes in another) without changing any outcome; a gid written twice starts a new run, so the
+/// second write sees the first.
+fn distinct_gid_runs(writes: &[Write]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, w) in writes.iter().enumerate() {
+        if !seen.insert(w.gid().as_str()) {
+            runs.push(start..i);
+            start = i;
+            seen.clear();
+            seen.insert(w.gid().as_str());
+        }
+    }
+    if start < writes.len() {
+        runs.push(start..writes.len());
+    }
+    runs
+}
 
 /// A store on an SQL database.
 pub(crate) struct SqlStore {
@@ -171,58 +213,124 @@ fn options_json(txn_options: &crate::model::TransOptions) -> Result<String> {
     serde_json::to_string(txn_options).map_err(|e| corrupt("options", e))
 }
 
+/// `INSERT INTO braid_txn` of `rows` rows.
+fn txn_insert_sql(rows: usize) -> String {
+    let row = format!("({})", placeholders(18));
+    format!(
+        "INSERT INTO braid_txn ({}) VALUES {}",
+        TXN_COLS.trim_start_matches("id, "),
+        vec![row; rows].join(", ")
+    )
+}
+
+/// Binds the 18 columns of a new row (its version is 1; a final row is never scheduled).
+fn bind_txn<'q>(q: AnyQuery<'q>, txn: &'q GlobalTxn) -> Result<AnyQuery<'q>> {
+    Ok(q.bind(txn.gid.as_str())
+        .bind(txn.trans_type.as_str())
+        .bind(txn.status.as_str())
+        .bind(txn.query_prepared.as_str())
+        .bind(txn.protocol.as_str())
+        .bind(txn.custom_data.as_str())
+        .bind(options_json(&txn.options)?)
+        .bind(txn.result.as_str())
+        .bind(txn.rollback_reason.as_str())
+        .bind(txn.create_time.0)
+        .bind(txn.update_time.0)
+        .bind(txn.finish_time.map(|m| m.0))
+        .bind(txn.rollback_time.map(|m| m.0))
+        .bind(txn.next_cron_interval)
+        .bind(if txn.status.is_final() {
+            None
+        } else {
+            txn.next_cron_time.map(|m| m.0)
+        })
+        .bind(txn.owner.as_str())
+        .bind(1_i64)
+        .bind(i64::from(txn.partition.0)))
+}
+
+/// One new branch row of a batch.
+type NewBranch<'a> = &'a Branch;
+
+/// A branch status change of an applied update: (gid, branch, op) and the new status at the write's time.
+struct BranchChange<'a> {
+    gid: &'a Gid,
+    update: &'a BranchUpdate,
+    now: Millis,
+}
+
 impl SqlStore {
+    /// Inserts one transaction and its branches; `Conflict` when the gid exists. The fallback of
+    /// [`SqlStore::insert_txns`] when a gid of the batch exists.
     async fn insert_txn(
         &self,
         tx: &mut Transaction<'static, Any>,
         txn: &GlobalTxn,
         branches: &[Branch],
     ) -> Result<WriteOutcome> {
-        let sql = format!(
-            "INSERT INTO braid_txn ({}) VALUES ({})",
-            TXN_COLS.trim_start_matches("id, "),
-            placeholders(18)
-        );
-        let inserted = sqlx::query(&sql)
-            .bind(txn.gid.as_str())
-            .bind(txn.trans_type.as_str())
-            .bind(txn.status.as_str())
-            .bind(txn.query_prepared.as_str())
-            .bind(txn.protocol.as_str())
-            .bind(txn.custom_data.as_str())
-            .bind(options_json(&txn.options)?)
-            .bind(txn.result.as_str())
-            .bind(txn.rollback_reason.as_str())
-            .bind(txn.create_time.0)
-            .bind(txn.update_time.0)
-            .bind(txn.finish_time.map(|m| m.0))
-            .bind(txn.rollback_time.map(|m| m.0))
-            .bind(txn.next_cron_interval)
-            .bind(if txn.status.is_final() {
-                None
-            } else {
-                txn.next_cron_time.map(|m| m.0)
-            })
-            .bind(txn.owner.as_str())
-            .bind(1_i64)
-            .bind(i64::from(txn.partition.0))
-            .execute(&mut **tx)
-            .await;
+        let sql = txn_insert_sql(1);
+        let inserted = bind_txn(sqlx::query(&sql), txn)?.execute(&mut **tx).await;
         match inserted {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => return Ok(WriteOutcome::Conflict),
             Err(e) => return Err(e.into()),
         }
-        self.insert_branches(tx, branches).await?;
+        self.insert_branches(tx, branches.iter()).await?;
         Ok(WriteOutcome::Applied(Version(1)))
     }
 
-    async fn insert_branches(
+    /// Inserts the new transactions of a run of the batch (distinct gids) with as few statements as it can:
+    /// their rows in multi-row `INSERT`s, then all their branches likewise. What the insert protects: once
+    /// it commits, the transaction exists durably, so it may be processed (branches called) and the client
+    /// may be told it was accepted; a crash after that leaves it to the recovery scan.
+    ///
+    /// A multi-row statement that meets an existing gid fails as a whole, and both databases undo just that
+    /// statement; its rows and the later ones are then inserted one by one, so the existing gid is the
+    /// `Conflict` of its own write only. Returns the outcome of each insert, in order.
+    async fn insert_txns(
         &self,
         tx: &mut Transaction<'static, Any>,
-        branches: &[Branch],
+        inserts: &[(&GlobalTxn, &[Branch])],
+    ) -> Result<Vec<WriteOutcome>> {
+        let mut outcomes = Vec::with_capacity(inserts.len());
+        let mut done = 0;
+        for len in pow2_chunks(inserts.len(), INSERT_CHUNK) {
+            let chunk = &inserts[done..done + len];
+            let sql = txn_insert_sql(len);
+            let mut q = sqlx::query(&sql);
+            for (txn, _) in chunk {
+                q = bind_txn(q, txn)?;
+            }
+            match q.execute(&mut **tx).await {
+                Ok(_) => {
+                    outcomes.extend(chunk.iter().map(|_| WriteOutcome::Applied(Version(1))));
+                    done += len;
+                }
+                Err(e) if is_duplicate_key(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Branches of the rows inserted together, together.
+        let inserted = inserts[..done]
+            .iter()
+            .flat_map(|(_, branches)| branches.iter());
+        self.insert_branches(tx, inserted).await?;
+        for (txn, branches) in &inserts[done..] {
+            outcomes.push(self.insert_txn(tx, txn, branches).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn insert_branches<'a>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        branches: impl Iterator<Item = NewBranch<'a>>,
     ) -> Result<(), sqlx::Error> {
-        for chunk in branches.chunks(INSERT_CHUNK) {
+        let branches: Vec<NewBranch<'a>> = branches.collect();
+        let mut done = 0;
+        for len in pow2_chunks(branches.len(), INSERT_CHUNK) {
+            let chunk = &branches[done..done + len];
+            done += len;
             let row = format!("({})", placeholders(10));
             let values = vec![row; chunk.len()].join(", ");
             let sql = format!(
@@ -248,6 +356,113 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The branch status changes of every update applied in a run of the batch, as few statements as
+    /// possible: one per distinct (new status, time), each matching its branches by their unique key. What
+    /// they protect: a branch result recorded with the status it justifies (e.g. every action `succeed` with
+    /// the saga `succeed`), so a later pass does not call that branch again. When a write names the same
+    /// branch twice, the last change wins, as if applied one after the other.
+    async fn update_branch_statuses(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        changes: &[BranchChange<'_>],
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut last: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(
+                (
+                    c.gid.as_str(),
+                    c.update.branch_id.as_str(),
+                    c.update.op.as_str(),
+                ),
+                i,
+            );
+        }
+        let mut groups: BTreeMap<(&str, i64), Vec<&BranchChange<'_>>> = BTreeMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            let key = (
+                c.gid.as_str(),
+                c.update.branch_id.as_str(),
+                c.update.op.as_str(),
+            );
+            if last.get(&key) == Some(&i) {
+                groups
+                    .entry((c.update.status.as_str(), c.now.0))
+                    .or_default()
+                    .push(c);
+            }
+        }
+        for ((_, now), group) in groups {
+            let status = group[0].update.status;
+            let time_col = match status {
+                BranchStatus::Succeed => ", finish_time = ?",
+                BranchStatus::Failed => ", rollback_time = ?",
+                BranchStatus::Prepared => "",
+            };
+            let mut done = 0;
+            for len in pow2_chunks(group.len(), INSERT_CHUNK) {
+                let chunk = &group[done..done + len];
+                done += len;
+                let matches = vec!["(gid = ? AND branch_id = ? AND op = ?)"; len].join(" OR ");
+                let sql = format!(
+                    "UPDATE braid_branch SET status = ?, update_time = ?{time_col} WHERE {matches}"
+                );
+                let mut q = sqlx::query(&sql).bind(status.as_str()).bind(now);
+                if !time_col.is_empty() {
+                    q = q.bind(now);
+                }
+                for c in chunk {
+                    q = q
+                        .bind(c.gid.as_str())
+                        .bind(c.update.branch_id.as_str())
+                        .bind(c.update.op.as_str());
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a run of the batch in which every gid appears once: its inserts first (grouped), then its
+    /// updates (one compare-and-set each), then the branch status changes of the applied updates (grouped).
+    async fn apply_run(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        writes: &[Write],
+        outcomes: &mut [WriteOutcome],
+    ) -> Result<()> {
+        let (insert_idx, inserts): (Vec<usize>, Vec<(&GlobalTxn, &[Branch])>) = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match w {
+                Write::Insert { txn, branches } => Some((i, (txn, branches.as_slice()))),
+                Write::Update(_) => None,
+            })
+            .unzip();
+        if !inserts.is_empty() {
+            let inserted = self.insert_txns(tx, &inserts).await?;
+            for (i, outcome) in insert_idx.into_iter().zip(inserted) {
+                outcomes[i] = outcome;
+            }
+        }
+        let mut changes = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            let Write::Update(u) = w else { continue };
+            let outcome = self.update_txn(tx, u).await?;
+            if let WriteOutcome::Applied(_) = outcome {
+                changes.extend(u.branches.iter().map(|b| BranchChange {
+                    gid: &u.gid,
+                    update: b,
+                    now: u.now,
+                }));
+            }
+            outcomes[i] = outcome;
+        }
+        self.update_branch_statuses(tx, &changes).await
+    }
+
     /// One conditional update inside the batch's transaction.
     ///
     /// The compare-and-set `UPDATE` of the row runs first, so a failed condition is `Conflict` whatever else
@@ -267,17 +482,18 @@ impl SqlStore {
             .execute(&mut **tx)
             .await?;
         let outcome = match self.update_row_and_branches(tx, u).await? {
-            WriteOutcome::Applied(version) => match self.insert_branches(tx, &u.new_branches).await
-            {
-                Ok(()) => WriteOutcome::Applied(version),
-                Err(e) if is_duplicate_key(&e) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
-                        .execute(&mut **tx)
-                        .await?;
-                    WriteOutcome::DuplicateBranch
+            WriteOutcome::Applied(version) => {
+                match self.insert_branches(tx, u.new_branches.iter()).await {
+                    Ok(()) => WriteOutcome::Applied(version),
+                    Err(e) if is_duplicate_key(&e) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
+                            .execute(&mut **tx)
+                            .await?;
+                        WriteOutcome::DuplicateBranch
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
-            },
+            }
             unchanged @ (WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => unchanged,
         };
         sqlx::query("RELEASE SAVEPOINT braid_write")
@@ -286,7 +502,8 @@ impl SqlStore {
         Ok(outcome)
     }
 
-    /// The compare-and-set of the row and the status changes of existing branches (not the new branches).
+    /// The compare-and-set of the row. The status changes of its existing branches follow, grouped with
+    /// those of the other writes of the run ([`SqlStore::update_branch_statuses`]), once it applied.
     async fn update_row_and_branches(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -364,26 +581,6 @@ impl SqlStore {
             return Ok(WriteOutcome::Conflict);
         }
 
-        for b in &u.branches {
-            let time_col = match b.status {
-                BranchStatus::Succeed => ", finish_time = ?",
-                BranchStatus::Failed => ", rollback_time = ?",
-                BranchStatus::Prepared => "",
-            };
-            let sql = format!(
-                "UPDATE braid_branch SET status = ?, update_time = ?{time_col} WHERE gid = ? AND branch_id = ? AND op = ?"
-            );
-            let mut q = sqlx::query(&sql).bind(b.status.as_str()).bind(u.now.0);
-            if !time_col.is_empty() {
-                q = q.bind(u.now.0);
-            }
-            q.bind(u.gid.as_str())
-                .bind(b.branch_id.as_str())
-                .bind(b.op.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
-
         let version = match u.expect_version {
             Some(v) => Version(v.0 + 1),
             None => {
@@ -433,13 +630,10 @@ impl Store for SqlStore {
 
     async fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
         let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for w in writes {
-            let outcome = match w {
-                Write::Insert { txn, branches } => self.insert_txn(&mut tx, txn, branches).await?,
-                Write::Update(u) => self.update_txn(&mut tx, u).await?,
-            };
-            outcomes.push(outcome);
+        let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
+        for run in distinct_gid_runs(writes) {
+            self.apply_run(&mut tx, &writes[run.clone()], &mut outcomes[run])
+                .await?;
         }
         tx.commit().await?;
         Ok(outcomes)
