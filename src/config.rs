@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::cluster::scanner::ScannerOptions;
 use crate::engine::EngineOptions;
+use crate::store::writer::WriterOptions;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -75,6 +76,15 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "BRAID_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Group commit: most batches committing at once (default: 2 on MySQL, 1 on SQLite).
+    #[arg(long, env = "BRAID_WRITER_PIPELINE")]
+    pub writer_pipeline: Option<usize>,
+    /// Group commit: most writes in one database transaction.
+    #[arg(long, env = "BRAID_WRITER_MAX_BATCH")]
+    pub writer_max_batch: Option<usize>,
+    /// Group commit: milliseconds to wait for more writes after the first one (0: take what is queued).
+    #[arg(long, env = "BRAID_WRITER_MAX_WAIT_MS")]
+    pub writer_max_wait_ms: Option<u64>,
 }
 
 /// The YAML file: the same keys as the flags.
@@ -96,6 +106,9 @@ struct FileConfig {
     alert_retry_limit: Option<i64>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    writer_pipeline: Option<usize>,
+    writer_max_batch: Option<usize>,
+    writer_max_wait_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -131,6 +144,12 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Batches the group-commit writer commits at once (`None`: the store's default).
+    pub writer_pipeline: Option<usize>,
+    /// Most writes per group commit.
+    pub writer_max_batch: usize,
+    /// Wait for more writes after the first of a batch, in ms.
+    pub writer_max_wait_ms: u64,
 }
 
 /// The embedded default store.
@@ -154,6 +173,9 @@ impl Default for Config {
             alert_retry_limit: 3,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
+            writer_pipeline: None,
+            writer_max_batch: WriterOptions::default().max_batch,
+            writer_max_wait_ms: 0,
         }
     }
 }
@@ -323,6 +345,15 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or(d.log_level),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            writer_pipeline: args.writer_pipeline.or(file.writer_pipeline),
+            writer_max_batch: args
+                .writer_max_batch
+                .or(file.writer_max_batch)
+                .unwrap_or(d.writer_max_batch),
+            writer_max_wait_ms: args
+                .writer_max_wait_ms
+                .or(file.writer_max_wait_ms)
+                .unwrap_or(d.writer_max_wait_ms),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -362,6 +393,11 @@ impl Config {
         if self.store.trim().is_empty() {
             return Err(ConfigError("store must not be empty".to_owned()));
         }
+        if self.writer_max_batch < 1 || self.writer_pipeline == Some(0) {
+            return Err(ConfigError(
+                "writer-max-batch and writer-pipeline must be at least 1".to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -375,6 +411,17 @@ impl Config {
             alert_webhook: self.alert_webhook.clone(),
             alert_retry_limit: self.alert_retry_limit,
             ..EngineOptions::default()
+        }
+    }
+
+    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]).
+    pub fn writer_options(&self, kind: &str) -> WriterOptions {
+        let defaults = WriterOptions::for_store(kind);
+        WriterOptions {
+            max_batch: self.writer_max_batch,
+            max_wait: Duration::from_millis(self.writer_max_wait_ms),
+            pipeline: self.writer_pipeline.unwrap_or(defaults.pipeline),
+            ..defaults
         }
     }
 

@@ -20,7 +20,7 @@ use crate::engine::Engine;
 use crate::invoke::Invoker;
 use crate::metrics::Metrics;
 use crate::store::clock::StoreClock;
-use crate::store::writer::{Writer, WriterOptions};
+use crate::store::writer::Writer;
 use crate::store::{self, DynStore, redact_dsn};
 
 /// What to start besides the API.
@@ -90,8 +90,11 @@ impl Server {
             .await
             .context("reading the store clock")?;
         let writer_cancel = CancellationToken::new();
-        let (writer, writer_handle) =
-            Writer::new(store.clone(), WriterOptions::default(), metrics.clone());
+        let (writer, writer_handle) = Writer::new(
+            store.clone(),
+            config.writer_options(store.kind()),
+            metrics.clone(),
+        );
         let writer = tokio::spawn(writer.run(writer_cancel.clone()));
         let invoker = Invoker::new(metrics.clone()).map_err(anyhow::Error::msg)?;
         let engine = Engine::new(
