@@ -446,15 +446,35 @@ impl Engine {
         let txn = self.build_txn(&req, GlobalStatus::Submitted, now);
         let branches = self.build_branches(&req, now).await?;
         let wait = req.options.wait_result;
-        let (txn, branches) = match self
-            .inner
-            .writer
-            .write(Write::Insert {
+        // What the insert protects: the transaction exists durably before any branch is called, so a crash
+        // after this leaves it to the recovery scan. When its first pass calls no branch at all (a saga of
+        // empty URLs, DTM's benchEmptyUrl), that pass is settled in memory first and its outcome inserted
+        // with the row: one durable write for the whole transaction.
+        let settled = driver::run_unstored(&self.inner, &txn, &branches).await;
+        let insert = match &settled {
+            Some(s) => Write::Insert {
+                txn: s.txn.clone(),
+                branches: s.branches.clone(),
+            },
+            None => Write::Insert {
                 txn: txn.clone(),
                 branches: branches.clone(),
-            })
-            .await?
-        {
+            },
+        };
+        let inserted = self.inner.writer.write(insert).await?;
+        if let (WriteOutcome::Applied(_), Some(settled)) = (inserted, settled) {
+            driver::record_settled(&self.inner, &settled);
+            let _ = self.inner.events.send(PassEvent {
+                gid: settled.txn.gid.clone(),
+                status: settled.txn.status,
+            });
+            return Ok(if wait || settled.txn.options.wait_result {
+                SubmitOutcome::Processed(settled.result)
+            } else {
+                SubmitOutcome::Accepted
+            });
+        }
+        let (txn, branches) = match inserted {
             WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches),
             WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
                 let existing = self.load(&req.gid).await?;
