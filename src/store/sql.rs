@@ -2,7 +2,9 @@
 //! The backends differ only in the [`Dialect`]: how a write transaction begins, how due rows are claimed,
 //! and which error codes mean "duplicate key".
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use sqlx::AnyPool;
@@ -60,6 +62,33 @@ const KV_COLS: &str = "id, cat, k, v, version, create_time, update_time";
 
 /// Most rows per multi-row statement (keeps well under every database's bind-parameter limit).
 const INSERT_CHUNK: usize = 256;
+
+/// One statement text per power-of-two chunk length up to [`INSERT_CHUNK`], each built on first use.
+type SqlSlots = [OnceLock<String>; INSERT_CHUNK.ilog2() as usize + 1];
+
+/// The statement text for a chunk of `rows` rows: from `slots` when `rows` is a power of two (what
+/// [`pow2_chunks`] makes), built once per process instead of once per batch; built afresh otherwise.
+fn chunk_sql(
+    slots: &'static SqlSlots,
+    rows: usize,
+    build: fn(usize) -> String,
+) -> Cow<'static, str> {
+    if rows.is_power_of_two()
+        && let Some(slot) = slots.get(rows.trailing_zeros() as usize)
+    {
+        return Cow::Borrowed(slot.get_or_init(|| build(rows)).as_str());
+    }
+    Cow::Owned(build(rows))
+}
+
+static TXN_INSERT_SQL: SqlSlots = [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+static BRANCH_INSERT_SQL: SqlSlots = [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+/// Branch status changes: to `succeed`, to `failed`, to `prepared`.
+static BRANCH_SUCCEED_SQL: SqlSlots =
+    [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+static BRANCH_FAILED_SQL: SqlSlots = [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+static BRANCH_PREPARED_SQL: SqlSlots =
+    [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
 
 /// Splits `n` rows into chunks whose lengths are powers of two (largest first), each at most `max`.
 ///
@@ -214,7 +243,11 @@ fn options_json(txn_options: &crate::model::TransOptions) -> Result<String> {
 }
 
 /// `INSERT INTO braid_txn` of `rows` rows.
-fn txn_insert_sql(rows: usize) -> String {
+fn txn_insert_sql(rows: usize) -> Cow<'static, str> {
+    chunk_sql(&TXN_INSERT_SQL, rows, build_txn_insert_sql)
+}
+
+fn build_txn_insert_sql(rows: usize) -> String {
     let row = format!("({})", placeholders(18));
     format!(
         "INSERT INTO braid_txn ({}) VALUES {}",
@@ -247,6 +280,12 @@ fn bind_txn<'q>(q: AnyQuery<'q>, txn: &'q GlobalTxn) -> Result<AnyQuery<'q>> {
         .bind(txn.owner.as_str())
         .bind(1_i64)
         .bind(i64::from(txn.partition.0)))
+}
+
+/// `UPDATE braid_branch` of the status of `rows` branches, each matched by its unique key.
+fn branch_status_sql(time_col: &str, rows: usize) -> String {
+    let matches = vec!["(gid = ? AND branch_id = ? AND op = ?)"; rows].join(" OR ");
+    format!("UPDATE braid_branch SET status = ?, update_time = ?{time_col} WHERE {matches}")
 }
 
 /// One new branch row of a batch.
@@ -331,12 +370,14 @@ impl SqlStore {
         for len in pow2_chunks(branches.len(), INSERT_CHUNK) {
             let chunk = &branches[done..done + len];
             done += len;
-            let row = format!("({})", placeholders(10));
-            let values = vec![row; chunk.len()].join(", ");
-            let sql = format!(
-                "INSERT INTO braid_branch ({}) VALUES {values}",
-                BRANCH_COLS.trim_start_matches("id, ")
-            );
+            let sql = chunk_sql(&BRANCH_INSERT_SQL, len, |rows| {
+                let row = format!("({})", placeholders(10));
+                format!(
+                    "INSERT INTO braid_branch ({}) VALUES {}",
+                    BRANCH_COLS.trim_start_matches("id, "),
+                    vec![row; rows].join(", ")
+                )
+            });
             let mut q = sqlx::query(&sql);
             for b in chunk {
                 q = q
@@ -396,21 +437,25 @@ impl SqlStore {
         }
         for ((_, now), group) in groups {
             let status = group[0].update.status;
-            let time_col = match status {
-                BranchStatus::Succeed => ", finish_time = ?",
-                BranchStatus::Failed => ", rollback_time = ?",
-                BranchStatus::Prepared => "",
+            // The time column a status sets besides `update_time`, and the statement texts for it.
+            let (slots, has_time_col, build): (_, _, fn(usize) -> String) = match status {
+                BranchStatus::Succeed => (&BRANCH_SUCCEED_SQL, true, |n| {
+                    branch_status_sql(", finish_time = ?", n)
+                }),
+                BranchStatus::Failed => (&BRANCH_FAILED_SQL, true, |n| {
+                    branch_status_sql(", rollback_time = ?", n)
+                }),
+                BranchStatus::Prepared => {
+                    (&BRANCH_PREPARED_SQL, false, |n| branch_status_sql("", n))
+                }
             };
             let mut done = 0;
             for len in pow2_chunks(group.len(), INSERT_CHUNK) {
                 let chunk = &group[done..done + len];
                 done += len;
-                let matches = vec!["(gid = ? AND branch_id = ? AND op = ?)"; len].join(" OR ");
-                let sql = format!(
-                    "UPDATE braid_branch SET status = ?, update_time = ?{time_col} WHERE {matches}"
-                );
+                let sql = chunk_sql(slots, len, build);
                 let mut q = sqlx::query(&sql).bind(status.as_str()).bind(now);
-                if !time_col.is_empty() {
+                if has_time_col {
                     q = q.bind(now);
                 }
                 for c in chunk {
