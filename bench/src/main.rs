@@ -184,10 +184,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "{}: {:.0} single-row commits/s with {} connections",
+                "{}: {:.0} single-row commits/s with {} connections; CPU (cores): database {}, client {}",
                 common.store().kind(),
                 rate.commits_per_sec,
-                rate.connections
+                rate.connections,
+                fmt_opt(rate.db_cores, 2),
+                fmt_opt(rate.client_cores, 2)
             );
             Ok(())
         }
@@ -252,7 +254,12 @@ async fn measure_raw(common: &CommonArgs, store: &Store) -> anyhow::Result<Optio
         Duration::from_secs(common.raw_seconds),
     )
     .await?;
-    eprintln!("  {:.0} commits/s", rate.commits_per_sec);
+    eprintln!(
+        "  {:.0} commits/s; CPU (cores): database {}, client {}",
+        rate.commits_per_sec,
+        fmt_opt(rate.db_cores, 2),
+        fmt_opt(rate.client_cores, 2)
+    );
     Ok(Some(rate))
 }
 

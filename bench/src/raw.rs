@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sqlx::{Connection, Executor};
 
-use crate::target::Store;
+use crate::target::{ProcSample, Store, find_db_pid, proc_sample};
 
 /// Runs one statement on a fresh connection to `server` (a MySQL DSN without a database).
 pub async fn mysql_exec(server: &str, sql: &str) -> anyhow::Result<()> {
@@ -30,6 +30,10 @@ pub struct RawRate {
     pub commits_per_sec: f64,
     /// Connections used.
     pub connections: usize,
+    /// CPU of the database server meanwhile, in cores (MySQL/MariaDB on this machine).
+    pub db_cores: Option<f64>,
+    /// CPU of this process meanwhile (the client side; for SQLite also the database engine).
+    pub client_cores: Option<f64>,
 }
 
 const ROW: &str = "a payload about as long as a small transaction row's gid";
@@ -135,11 +139,22 @@ pub async fn measure(
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let db_pid = match store {
+        Store::Mysql { .. } => find_db_pid(),
+        Store::Sqlite { .. } => None,
+    };
+    let db_before = db_pid.and_then(proc_sample);
+    let me_before = proc_sample(std::process::id());
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     let n = count.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let db_after = db_pid.and_then(proc_sample);
+    let me_after = proc_sample(std::process::id());
+    let cores = |a: Option<ProcSample>, b: Option<ProcSample>| {
+        Some((b?.cpu_seconds - a?.cpu_seconds) / elapsed.max(1e-9))
+    };
     stop.store(true, Ordering::Relaxed);
     while let Some(done) = tasks.join_next().await {
         done.context("raw commit task")??;
@@ -152,6 +167,8 @@ pub async fn measure(
     Ok(RawRate {
         commits_per_sec: n as f64 / elapsed,
         connections,
+        db_cores: cores(db_before, db_after),
+        client_cores: cores(me_before, me_after),
     })
 }
 
