@@ -65,7 +65,7 @@ struct CommonArgs {
     #[arg(long, default_value = "target/bench-data")]
     sqlite_dir: PathBuf,
     /// Concurrent clients (closed loop), connections (open loop), and raw-commit connections.
-    #[arg(long, short = 'c', default_value_t = 64)]
+    #[arg(long, short = 'c', default_value_t = 128)]
     clients: usize,
     /// Seconds measured (after the warm-up).
     #[arg(long, short = 'd', default_value_t = 20)]
@@ -551,7 +551,11 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         args.common.raw_seconds
     );
     report.push_str(&table(&rows));
-    report.push('\n');
+    let _ = writeln!(
+        report,
+        "\nload average after the run: {} (above ~0.5 the machine was busy with other work)\n",
+        load_average()
+    );
     report.push_str(&goals(&rows));
     println!("\n{report}");
     if let Some(out) = &args.out {
@@ -559,6 +563,13 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// Prints (and returns) the machine and database settings the numbers depend on.
@@ -583,9 +594,7 @@ fn print_machine() -> String {
         })
         .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
         .unwrap_or_else(|| "unknown".to_owned());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load = load_average();
     let s =
         format!("machine: {cores} cores ({cpu}), {mem} RAM; load average before the run: {load}");
     println!("{s}");
