@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::any;
+use axum::serve::ListenerExt as _;
 
 /// A running business service.
 #[derive(Clone)]
@@ -40,6 +41,10 @@ impl Busi {
         let app = Router::new()
             .route("/api/busi/{route}", any(answer))
             .with_state(calls.clone());
+        // As a business service should: no Nagle delay on its replies.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 eprintln!("business service stopped: {e}");
