@@ -942,3 +942,39 @@ impl Store for SqlStore {
         Ok(done.rows_affected() > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::txn;
+
+    #[test]
+    fn chunks_are_powers_of_two_that_add_up() {
+        let cases: &[(usize, usize, &[usize])] = &[
+            (0, 256, &[]),
+            (1, 256, &[1]),
+            (100, 256, &[64, 32, 4]),
+            (256, 256, &[256]),
+            (600, 256, &[256, 256, 64, 16, 8]),
+            (7, 4, &[4, 2, 1]),
+        ];
+        for (i, (n, max, want)) in cases.iter().enumerate() {
+            let got = pow2_chunks(*n, *max);
+            assert_eq!(got, *want, "case {i}: {n} rows, at most {max}");
+            assert_eq!(got.iter().sum::<usize>(), *n, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_gid_starts_a_new_run() {
+        let w = |g: &str| Write::Update(TxnUpdate::of(&txn(g), txn(g).create_time));
+        let ins = |g: &str| Write::Insert {
+            txn: txn(g),
+            branches: Vec::new(),
+        };
+        let batch = vec![ins("a"), w("b"), w("a"), w("c"), ins("b"), w("d"), w("d")];
+        // a b | a c b d | d: each run has every gid once, in order.
+        assert_eq!(distinct_gid_runs(&batch), vec![0..2, 2..6, 6..7]);
+        assert_eq!(distinct_gid_runs(&[]), Vec::<std::ops::Range<usize>>::new());
+    }
+}
