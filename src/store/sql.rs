@@ -568,7 +568,15 @@ impl SqlStore {
             Schedule::At { .. } | Schedule::Keep => None,
         };
 
-        let mut sets = vec!["version = version + 1", "update_time = ?"];
+        // A status-only condition (no expected version) does not know the version it makes: the statement
+        // returns it (MySQL: the OK packet's insert id, set by LAST_INSERT_ID(expr); SQLite: RETURNING),
+        // instead of a SELECT afterwards.
+        let (version_set, returning) = match (u.expect_version, self.dialect) {
+            (Some(_), _) => ("version = version + 1", ""),
+            (None, Dialect::Mysql) => ("version = LAST_INSERT_ID(version + 1)", ""),
+            (None, Dialect::Sqlite) => ("version = version + 1", " RETURNING version"),
+        };
+        let mut sets = vec![version_set, "update_time = ?"];
         if u.status.is_some() {
             sets.push("status = ?");
         }
@@ -593,7 +601,7 @@ impl SqlStore {
             ""
         };
         let sql = format!(
-            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}",
+            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}{returning}",
             sets.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(u.now.0);
@@ -622,24 +630,32 @@ impl SqlStore {
                     .map_err(|e| corrupt(&format!("expected version of {}", u.gid), e))?,
             );
         }
-        if q.execute(&mut **tx).await?.rows_affected() == 0 {
-            return Ok(WriteOutcome::Conflict);
-        }
-
-        let version = match u.expect_version {
-            Some(v) => Version(v.0 + 1),
-            None => {
-                let row = sqlx::query("SELECT version FROM braid_txn WHERE gid = ?")
-                    .bind(u.gid.as_str())
-                    .fetch_one(&mut **tx)
-                    .await?;
-                Version(
-                    u64::try_from(row.try_get::<i64, _>("version")?)
-                        .map_err(|e| corrupt("version", e))?,
-                )
+        let version = match (u.expect_version, self.dialect) {
+            (Some(v), _) => {
+                if q.execute(&mut **tx).await?.rows_affected() == 0 {
+                    return Ok(WriteOutcome::Conflict);
+                }
+                v.0 + 1
+            }
+            (None, Dialect::Mysql) => {
+                let done = q.execute(&mut **tx).await?;
+                if done.rows_affected() == 0 {
+                    return Ok(WriteOutcome::Conflict);
+                }
+                let id = done
+                    .last_insert_id()
+                    .ok_or_else(|| corrupt(&format!("new version of {}", u.gid), "not reported"))?;
+                u64::try_from(id).map_err(|e| corrupt("version", e))?
+            }
+            (None, Dialect::Sqlite) => {
+                let Some(row) = q.fetch_optional(&mut **tx).await? else {
+                    return Ok(WriteOutcome::Conflict);
+                };
+                u64::try_from(row.try_get::<i64, _>("version")?)
+                    .map_err(|e| corrupt("version", e))?
             }
         };
-        Ok(WriteOutcome::Applied(version))
+        Ok(WriteOutcome::Applied(Version(version)))
     }
 
     fn partition_filter(partitions: &Option<Vec<Partition>>) -> String {
