@@ -14,6 +14,7 @@ use crate::cluster::scanner::ScannerOptions;
 use crate::cluster::{ClusterOptions, LeaseBackendKind, LeaseTiming};
 use crate::engine::EngineOptions;
 use crate::kube::{KubeMode, KubeOptions};
+use crate::store::writer::WriterOptions;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -108,6 +109,15 @@ pub struct ServeArgs {
     /// Namespace whose TransactionPolicies and EndpointSlices are watched (default: `POD_NAMESPACE`).
     #[arg(long, env = "BRAID_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
+    /// Group commit: most batches committing at once (default: 2 on MySQL, 1 on SQLite).
+    #[arg(long, env = "BRAID_WRITER_PIPELINE")]
+    pub writer_pipeline: Option<usize>,
+    /// Group commit: most writes in one database transaction.
+    #[arg(long, env = "BRAID_WRITER_MAX_BATCH")]
+    pub writer_max_batch: Option<usize>,
+    /// Group commit: milliseconds to wait for more writes after the first one (0: take what is queued).
+    #[arg(long, env = "BRAID_WRITER_MAX_WAIT_MS")]
+    pub writer_max_wait_ms: Option<u64>,
 }
 
 /// The YAML file: the same keys as the flags.
@@ -138,6 +148,9 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     kubernetes: Option<KubeMode>,
     kube_namespace: Option<String>,
+    writer_pipeline: Option<usize>,
+    writer_max_batch: Option<usize>,
+    writer_max_wait_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -189,6 +202,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Kubernetes integration.
     pub kube: KubeOptions,
+    /// Batches the group-commit writer commits at once (`None`: the store's default).
+    pub writer_pipeline: Option<usize>,
+    /// Most writes per group commit.
+    pub writer_max_batch: usize,
+    /// Wait for more writes after the first of a batch, in ms.
+    pub writer_max_wait_ms: u64,
 }
 
 /// The embedded default store.
@@ -220,6 +239,9 @@ impl Default for Config {
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             kube: KubeOptions::default(),
+            writer_pipeline: None,
+            writer_max_batch: WriterOptions::default().max_batch,
+            writer_max_wait_ms: 0,
         }
     }
 }
@@ -422,6 +444,15 @@ impl Config {
                 mode: args.kubernetes.or(file.kubernetes).unwrap_or(d.kube.mode),
                 namespace: args.kube_namespace.clone().or(file.kube_namespace),
             },
+            writer_pipeline: args.writer_pipeline.or(file.writer_pipeline),
+            writer_max_batch: args
+                .writer_max_batch
+                .or(file.writer_max_batch)
+                .unwrap_or(d.writer_max_batch),
+            writer_max_wait_ms: args
+                .writer_max_wait_ms
+                .or(file.writer_max_wait_ms)
+                .unwrap_or(d.writer_max_wait_ms),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -479,6 +510,11 @@ impl Config {
                  believes it owns; use sql or kubernetes when more than one replica shares the store"
             );
         }
+        if self.writer_max_batch < 1 || self.writer_pipeline == Some(0) {
+            return Err(ConfigError(
+                "writer-max-batch and writer-pipeline must be at least 1".to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -513,6 +549,17 @@ impl Config {
             partitions: self.partitions,
             alert_webhook: self.alert_webhook.clone(),
             alert_retry_limit: self.alert_retry_limit,
+        }
+    }
+
+    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]).
+    pub fn writer_options(&self, kind: &str) -> WriterOptions {
+        let defaults = WriterOptions::for_store(kind);
+        WriterOptions {
+            max_batch: self.writer_max_batch,
+            max_wait: Duration::from_millis(self.writer_max_wait_ms),
+            pipeline: self.writer_pipeline.unwrap_or(defaults.pipeline),
+            ..defaults
         }
     }
 

@@ -510,55 +510,50 @@ impl Engine {
         let txn = self.build_txn(&req, GlobalStatus::Submitted, now);
         let branches = self.build_branches(&req, now).await?;
         let wait = req.options.wait_result;
-        let (txn, branches) = match self
-            .inner
-            .writer
-            .write(Write::Insert {
-                txn: txn.clone(),
-                branches: branches.clone(),
-            })
-            .await?
-        {
-            WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches),
-            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
-                let existing = self.load(&req.gid).await?;
-                match existing.status {
-                    GlobalStatus::Prepared => {
-                        let mut update = TxnUpdate::of(&existing, now);
-                        update.status = Some(GlobalStatus::Submitted);
-                        let base = self.base_interval(&existing.options);
-                        update.schedule = Schedule::At {
-                            interval: base,
-                            at: now.plus_secs(base),
-                        };
-                        match self.inner.writer.write(Write::Update(update)).await? {
-                            WriteOutcome::Applied(version) => {
-                                let branches = self.inner.store.find_branches(&req.gid).await?;
-                                let txn = GlobalTxn {
-                                    status: GlobalStatus::Submitted,
-                                    version,
-                                    next_cron_interval: base,
-                                    ..existing
-                                };
-                                (txn, branches)
-                            }
-                            WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
-                                return Err(Error::Ongoing(format!(
-                                    "transaction '{}' changed while being submitted; retry",
-                                    req.gid
-                                )));
-                            }
-                        }
-                    }
-                    GlobalStatus::Submitted => {
-                        let branches = self.inner.store.find_branches(&req.gid).await?;
-                        (existing, branches)
-                    }
-                    other => {
-                        return Err(Error::Failure(format!(
-                            "current status '{other}', cannot submit"
-                        )));
-                    }
+        // A tcc or xa submit follows its prepare, so its gid nearly always exists: a read finds it without
+        // spending a write (and a place in the writer's batch) on an insert that can only conflict.
+        let stored = if matches!(req.trans_type, TransType::Tcc | TransType::Xa) {
+            self.inner.store.find_txn(&req.gid).await?
+        } else {
+            None
+        };
+        let (txn, branches) = if let Some(existing) = stored {
+            self.submit_existing(&req, existing, now).await?
+        } else {
+            // What the insert protects: the transaction exists durably before any branch is called, so a
+            // crash after this leaves it to the recovery scan. When its first pass calls no branch at all (a
+            // saga of empty URLs, DTM's benchEmptyUrl), that pass is settled in memory first and its outcome
+            // inserted with the row: one durable write for the whole transaction.
+            let settled = driver::run_unstored(&self.inner, &txn, &branches).await;
+            let insert = match &settled {
+                Some(s) => Write::Insert {
+                    txn: s.txn.clone(),
+                    branches: s.branches.clone(),
+                },
+                None => Write::Insert {
+                    txn: txn.clone(),
+                    branches: branches.clone(),
+                },
+            };
+            let inserted = self.inner.writer.write(insert).await?;
+            if let (WriteOutcome::Applied(_), Some(settled)) = (inserted, settled) {
+                driver::record_settled(&self.inner, &settled);
+                let _ = self.inner.events.send(PassEvent {
+                    gid: settled.txn.gid.clone(),
+                    status: settled.txn.status,
+                    result: settled.result.clone(),
+                });
+                return Ok(if wait || settled.txn.options.wait_result {
+                    SubmitOutcome::Processed(settled.result)
+                } else {
+                    SubmitOutcome::Accepted
+                });
+            }
+            match inserted {
+                WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches),
+                WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
+                    let existing = self.load(&req.gid).await?;
+                    self.submit_existing(&req, existing, now).await?
                 }
             }
         };
@@ -567,6 +562,53 @@ impl Engine {
         } else {
             self.spawn_pass(txn, Some(branches));
             Ok(SubmitOutcome::Accepted)
+        }
+    }
+
+    /// `submit` of a gid that exists: a prepared one becomes `submitted` (a durable write before any of its
+    /// branches is called, so a crash cannot leave confirmed branches under a transaction the scan would
+    /// time out and cancel); a submitted one is processed again; any other status is refused.
+    async fn submit_existing(
+        &self,
+        req: &TxnRequest,
+        existing: GlobalTxn,
+        now: Millis,
+    ) -> Result<(GlobalTxn, Vec<Branch>)> {
+        match existing.status {
+            GlobalStatus::Prepared => {
+                let mut update = TxnUpdate::of(&existing, now);
+                update.status = Some(GlobalStatus::Submitted);
+                let base = self.base_interval(&existing.options);
+                update.schedule = Schedule::At {
+                    interval: base,
+                    at: now.plus_secs(base),
+                };
+                match self.inner.writer.write(Write::Update(update)).await? {
+                    WriteOutcome::Applied(version) => {
+                        let branches = self.inner.store.find_branches(&req.gid).await?;
+                        let txn = GlobalTxn {
+                            status: GlobalStatus::Submitted,
+                            version,
+                            next_cron_interval: base,
+                            ..existing
+                        };
+                        Ok((txn, branches))
+                    }
+                    WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
+                        Err(Error::Ongoing(format!(
+                            "transaction '{}' changed while being submitted; retry",
+                            req.gid
+                        )))
+                    }
+                }
+            }
+            GlobalStatus::Submitted => {
+                let branches = self.inner.store.find_branches(&req.gid).await?;
+                Ok((existing, branches))
+            }
+            other => Err(Error::Failure(format!(
+                "current status '{other}', cannot submit"
+            ))),
         }
     }
 

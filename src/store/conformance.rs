@@ -1766,6 +1766,127 @@ pub async fn check_reopen_is_idempotent(db: &TestDb) {
         "both handles share one database"
     );
 }
+/// A large batch is applied with grouped statements, and gives exactly what applying its writes one by one
+/// would: an existing gid among many new ones (in the second multi-row chunk, after a first chunk that
+/// went in) is the `Conflict` of its own insert only (the others are stored with all their branches, in
+/// order); branch status changes of many updates, at different times,
+/// each get their own write's time; a write that names one branch twice leaves the last status.
+pub async fn check_grouped_batch(s: &DynStore) {
+    let existing = seed(s, txn("grp-070"), vec![branch("grp-070", "00", Op::Action)]).await;
+    let names: Vec<String> = (0..100).map(|i| format!("grp-{i:03}")).collect();
+    let inserts: Vec<Write> = names
+        .iter()
+        .map(|g| {
+            insert(
+                txn(g),
+                vec![
+                    branch(g, "01", Op::Compensate),
+                    branch(g, "01", Op::Action),
+                    branch(g, "02", Op::Compensate),
+                    branch(g, "02", Op::Action),
+                ],
+            )
+        })
+        .collect();
+    let outcomes = s.apply(&inserts).await.unwrap();
+    for (g, outcome) in names.iter().zip(&outcomes) {
+        let want = if g == "grp-070" {
+            WriteOutcome::Conflict
+        } else {
+            WriteOutcome::Applied(Version(1))
+        };
+        assert_eq!(*outcome, want, "{g}");
+    }
+    assert_eq!(
+        get(s, &existing.gid).await,
+        existing,
+        "the existing row is unchanged"
+    );
+    assert_eq!(s.find_branches(&existing.gid).await.unwrap().len(), 1);
+    for g in names.iter().filter(|g| *g != "grp-070") {
+        let stored: Vec<(String, Op)> = s
+            .find_branches(&gid(g))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.branch_id.to_string(), b.op))
+            .collect();
+        assert_eq!(
+            stored,
+            vec![
+                ("01".to_owned(), Op::Compensate),
+                ("01".to_owned(), Op::Action),
+                ("02".to_owned(), Op::Compensate),
+                ("02".to_owned(), Op::Action),
+            ],
+            "{g}"
+        );
+    }
+
+    // Every other saga finishes at its own time; the rest fail their first action. One write names its
+    // branch twice: the last status stands.
+    let mut updates = Vec::new();
+    for (i, g) in names.iter().enumerate().filter(|(_, g)| *g != "grp-070") {
+        let t = get(s, &gid(g)).await;
+        let mut u = TxnUpdate::of(&t, at(i as i64));
+        let (status, branch_status) = if i % 2 == 0 {
+            (GlobalStatus::Succeed, BranchStatus::Succeed)
+        } else {
+            (GlobalStatus::Aborting, BranchStatus::Failed)
+        };
+        u.status = Some(status);
+        u.branches = vec![
+            BranchUpdate {
+                branch_id: BranchId::new("01"),
+                op: Op::Action,
+                status: branch_status,
+            },
+            BranchUpdate {
+                branch_id: BranchId::new("02"),
+                op: Op::Action,
+                status: branch_status,
+            },
+        ];
+        if i == 7 {
+            u.branches.push(BranchUpdate {
+                branch_id: BranchId::new("02"),
+                op: Op::Action,
+                status: BranchStatus::Prepared,
+            });
+        }
+        updates.push(Write::Update(u));
+    }
+    let outcomes = s.apply(&updates).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| *o == WriteOutcome::Applied(Version(2))),
+        "{outcomes:?}"
+    );
+    for (i, g) in names.iter().enumerate().filter(|(_, g)| *g != "grp-070") {
+        let branches = s.find_branches(&gid(g)).await.unwrap();
+        let when = at(i as i64);
+        for b in &branches {
+            let (status, finish, rollback, updated) = match (b.op, b.branch_id.as_str(), i % 2) {
+                (Op::Compensate, _, _) => (BranchStatus::Prepared, None, None, T0),
+                (Op::Action, "02", _) if i == 7 => (BranchStatus::Prepared, None, None, when),
+                (Op::Action, _, 0) => (BranchStatus::Succeed, Some(when), None, when),
+                (Op::Action, _, _) => (BranchStatus::Failed, None, Some(when), when),
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                (b.status, b.finish_time, b.rollback_time, b.update_time),
+                (status, finish, rollback, updated),
+                "{g} {} {}",
+                b.branch_id,
+                b.op
+            );
+        }
+        let t = get(s, &gid(g)).await;
+        assert_eq!(t.update_time, when, "{g}");
+        assert_eq!(t.version, Version(2), "{g}");
+    }
+}
 
 /// Stamps out one `#[tokio::test]` per check for a backend: `conformance!(sqlite, testing::sqlite_store)`
 /// makes `store::conformance::sqlite::check_*`. Each test gets a fresh database, which a passing test drops.
@@ -1794,6 +1915,7 @@ macro_rules! conformance {
                 check_new_branches_and_duplicates,
                 check_concurrent_updates,
                 check_mixed_batch,
+                check_grouped_batch,
                 check_claim_due,
                 check_concurrent_claims_are_disjoint,
                 check_reset_cron_time,

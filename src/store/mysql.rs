@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
-use sqlx::Executor;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
+use sqlx::{Connection, Executor};
 
 use super::sql::{Dialect, SqlStore};
 use super::{Error, Result, redact_dsn};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// A pooled connection idle longer than this is pinged before it is used again.
+const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
 
 /// Added to each connection's `sql_mode`.
 const STRICT_SQL_MODE: &str =
@@ -43,6 +46,18 @@ impl SqlStore {
             .min_connections(2)
             .acquire_timeout(Duration::from_secs(10))
             .max_lifetime(Duration::from_secs(300))
+            // sqlx pings every connection it hands out, a round trip before each batch of the writer
+            // and each read. A connection in steady use is known to be alive; ping only one that sat
+            // idle (e.g. across a database restart), so a stale one is still replaced before use.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_PING_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Strict mode whatever the server's default: a value too long for its column is an

@@ -2,14 +2,18 @@
 //! The backends differ only in the [`Dialect`]: how a write transaction begins, how due rows are claimed,
 //! and which error codes mean "duplicate key".
 
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
+
 use async_trait::async_trait;
 use sqlx::AnyPool;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{
-    Claim, ClaimScope, Claimed, Error, LeaseRecord, PartitionFence, Result, ScanFilter, Schedule,
-    Store, TxnUpdate, Write, WriteOutcome,
+    BranchUpdate, Claim, ClaimScope, Claimed, Error, LeaseRecord, PartitionFence, Result,
+    ScanFilter, Schedule, Store, TxnUpdate, Write, WriteOutcome,
 };
 use crate::model::{
     Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, KvRecord, LeaseEpoch,
@@ -74,8 +78,73 @@ const BRANCH_COLS: &str = "id, gid, branch_id, op, url, bin_data, status, create
 
 const KV_COLS: &str = "id, cat, k, v, version, create_time, update_time";
 
-/// Rows per multi-row INSERT (keeps well under every database's bind-parameter limit).
-const INSERT_CHUNK: usize = 500;
+/// Most rows per multi-row statement (keeps well under every database's bind-parameter limit).
+const INSERT_CHUNK: usize = 256;
+
+/// One statement text per power-of-two chunk length up to [`INSERT_CHUNK`], each built on first use.
+type SqlSlots = [OnceLock<String>; INSERT_CHUNK.ilog2() as usize + 1];
+
+/// The statement text for a chunk of `rows` rows: from `slots` when `rows` is a power of two (what
+/// [`pow2_chunks`] makes), built once per process instead of once per batch; built afresh otherwise.
+fn chunk_sql(
+    slots: &'static SqlSlots,
+    rows: usize,
+    build: fn(usize) -> String,
+) -> Cow<'static, str> {
+    if rows.is_power_of_two()
+        && let Some(slot) = slots.get(rows.trailing_zeros() as usize)
+    {
+        return Cow::Borrowed(slot.get_or_init(|| build(rows)).as_str());
+    }
+    Cow::Owned(build(rows))
+}
+
+static TXN_INSERT_SQL: SqlSlots = [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+static BRANCH_INSERT_SQL: SqlSlots = [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+/// Branch status changes: to `succeed`, to `failed`, to `prepared`.
+static BRANCH_SUCCEED_SQL: SqlSlots =
+    [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+static BRANCH_FAILED_SQL: SqlSlots = [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+static BRANCH_PREPARED_SQL: SqlSlots =
+    [const { OnceLock::new() }; INSERT_CHUNK.ilog2() as usize + 1];
+
+/// Splits `n` rows into chunks whose lengths are powers of two (largest first), each at most `max`.
+///
+/// Every distinct statement text is a prepared statement on the connection. With chunks of any length,
+/// each batch size would prepare (and evict from sqlx's per-connection statement cache) a statement of its
+/// own, costing an extra round trip per statement; with powers of two a connection keeps about a dozen.
+fn pow2_chunks(mut n: usize, max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let mut len = max.max(1).min(n);
+        len = 1 << len.ilog2();
+        out.push(len);
+        n -= len;
+    }
+    out
+}
+
+/// Splits a batch into runs in which no gid appears twice, in order. Within such a run every write touches
+/// rows of its own gid only, so its statements may be grouped (all inserts in one statement, all branch
+/// status changes in another) without changing any outcome; a gid written twice starts a new run, so the
+/// second write sees the first.
+fn distinct_gid_runs(writes: &[Write]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, w) in writes.iter().enumerate() {
+        if !seen.insert(w.gid().as_str()) {
+            runs.push(start..i);
+            start = i;
+            seen.clear();
+            seen.insert(w.gid().as_str());
+        }
+    }
+    if start < writes.len() {
+        runs.push(start..writes.len());
+    }
+    runs
+}
 
 /// A store on an SQL database.
 pub(crate) struct SqlStore {
@@ -217,64 +286,142 @@ fn options_json(txn_options: &crate::model::TransOptions) -> Result<String> {
     serde_json::to_string(txn_options).map_err(|e| corrupt("options", e))
 }
 
+/// `INSERT INTO braid_txn` of `rows` rows.
+fn txn_insert_sql(rows: usize) -> Cow<'static, str> {
+    chunk_sql(&TXN_INSERT_SQL, rows, build_txn_insert_sql)
+}
+
+fn build_txn_insert_sql(rows: usize) -> String {
+    let row = format!("({})", placeholders(18));
+    format!(
+        "INSERT INTO braid_txn ({}) VALUES {}",
+        TXN_COLS.trim_start_matches("id, "),
+        vec![row; rows].join(", ")
+    )
+}
+
+/// Binds the 18 columns of a new row (its version is 1; a final row is never scheduled).
+fn bind_txn<'q>(q: AnyQuery<'q>, txn: &'q GlobalTxn) -> Result<AnyQuery<'q>> {
+    Ok(q.bind(txn.gid.as_str())
+        .bind(txn.trans_type.as_str())
+        .bind(txn.status.as_str())
+        .bind(txn.query_prepared.as_str())
+        .bind(txn.protocol.as_str())
+        .bind(txn.custom_data.as_str())
+        .bind(options_json(&txn.options)?)
+        .bind(txn.result.as_str())
+        .bind(txn.rollback_reason.as_str())
+        .bind(txn.create_time.0)
+        .bind(txn.update_time.0)
+        .bind(txn.finish_time.map(|m| m.0))
+        .bind(txn.rollback_time.map(|m| m.0))
+        .bind(txn.next_cron_interval)
+        .bind(if txn.status.is_final() {
+            None
+        } else {
+            txn.next_cron_time.map(|m| m.0)
+        })
+        .bind(txn.owner.as_str())
+        .bind(1_i64)
+        .bind(i64::from(txn.partition.0)))
+}
+
+/// `UPDATE braid_branch` of the status of `rows` branches, each matched by its unique key.
+fn branch_status_sql(time_col: &str, rows: usize) -> String {
+    let matches = vec!["(gid = ? AND branch_id = ? AND op = ?)"; rows].join(" OR ");
+    format!("UPDATE braid_branch SET status = ?, update_time = ?{time_col} WHERE {matches}")
+}
+
+/// One new branch row of a batch.
+type NewBranch<'a> = &'a Branch;
+
+/// A branch status change of an applied update: (gid, branch, op) and the new status at the write's time.
+struct BranchChange<'a> {
+    gid: &'a Gid,
+    update: &'a BranchUpdate,
+    now: Millis,
+}
+
 impl SqlStore {
+    /// Inserts one transaction and its branches; `Conflict` when the gid exists. The fallback of
+    /// [`SqlStore::insert_txns`] when a gid of the batch exists.
     async fn insert_txn(
         &self,
         tx: &mut Transaction<'static, Any>,
         txn: &GlobalTxn,
         branches: &[Branch],
     ) -> Result<WriteOutcome> {
-        let sql = format!(
-            "INSERT INTO braid_txn ({}) VALUES ({})",
-            TXN_COLS.trim_start_matches("id, "),
-            placeholders(18)
-        );
-        let inserted = sqlx::query(&sql)
-            .bind(txn.gid.as_str())
-            .bind(txn.trans_type.as_str())
-            .bind(txn.status.as_str())
-            .bind(txn.query_prepared.as_str())
-            .bind(txn.protocol.as_str())
-            .bind(txn.custom_data.as_str())
-            .bind(options_json(&txn.options)?)
-            .bind(txn.result.as_str())
-            .bind(txn.rollback_reason.as_str())
-            .bind(txn.create_time.0)
-            .bind(txn.update_time.0)
-            .bind(txn.finish_time.map(|m| m.0))
-            .bind(txn.rollback_time.map(|m| m.0))
-            .bind(txn.next_cron_interval)
-            .bind(if txn.status.is_final() {
-                None
-            } else {
-                txn.next_cron_time.map(|m| m.0)
-            })
-            .bind(txn.owner.as_str())
-            .bind(1_i64)
-            .bind(i64::from(txn.partition.0))
-            .execute(&mut **tx)
-            .await;
+        let sql = txn_insert_sql(1);
+        let inserted = bind_txn(sqlx::query(&sql), txn)?.execute(&mut **tx).await;
         match inserted {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => return Ok(WriteOutcome::Conflict),
             Err(e) => return Err(e.into()),
         }
-        self.insert_branches(tx, branches).await?;
+        self.insert_branches(tx, branches.iter()).await?;
         Ok(WriteOutcome::Applied(Version(1)))
     }
 
-    async fn insert_branches(
+    /// Inserts the new transactions of a run of the batch (distinct gids) with as few statements as it can:
+    /// their rows in multi-row `INSERT`s, then all their branches likewise. What the insert protects: once
+    /// it commits, the transaction exists durably, so it may be processed (branches called) and the client
+    /// may be told it was accepted; a crash after that leaves it to the recovery scan.
+    ///
+    /// A multi-row statement that meets an existing gid fails as a whole, and both databases undo just that
+    /// statement; its rows and the later ones are then inserted one by one, so the existing gid is the
+    /// `Conflict` of its own write only. Returns the outcome of each insert, in order.
+    async fn insert_txns(
         &self,
         tx: &mut Transaction<'static, Any>,
-        branches: &[Branch],
+        inserts: &[(&GlobalTxn, &[Branch])],
+    ) -> Result<Vec<WriteOutcome>> {
+        let mut outcomes = Vec::with_capacity(inserts.len());
+        let mut done = 0;
+        for len in pow2_chunks(inserts.len(), INSERT_CHUNK) {
+            let chunk = &inserts[done..done + len];
+            let sql = txn_insert_sql(len);
+            let mut q = sqlx::query(&sql);
+            for (txn, _) in chunk {
+                q = bind_txn(q, txn)?;
+            }
+            match q.execute(&mut **tx).await {
+                Ok(_) => {
+                    outcomes.extend(chunk.iter().map(|_| WriteOutcome::Applied(Version(1))));
+                    done += len;
+                }
+                Err(e) if is_duplicate_key(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Branches of the rows inserted together, together.
+        let inserted = inserts[..done]
+            .iter()
+            .flat_map(|(_, branches)| branches.iter());
+        self.insert_branches(tx, inserted).await?;
+        for (txn, branches) in &inserts[done..] {
+            outcomes.push(self.insert_txn(tx, txn, branches).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn insert_branches<'a>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        branches: impl Iterator<Item = NewBranch<'a>>,
     ) -> Result<(), sqlx::Error> {
-        for chunk in branches.chunks(INSERT_CHUNK) {
-            let row = format!("({})", placeholders(10));
-            let values = vec![row; chunk.len()].join(", ");
-            let sql = format!(
-                "INSERT INTO braid_branch ({}) VALUES {values}",
-                BRANCH_COLS.trim_start_matches("id, ")
-            );
+        let branches: Vec<NewBranch<'a>> = branches.collect();
+        let mut done = 0;
+        for len in pow2_chunks(branches.len(), INSERT_CHUNK) {
+            let chunk = &branches[done..done + len];
+            done += len;
+            let sql = chunk_sql(&BRANCH_INSERT_SQL, len, |rows| {
+                let row = format!("({})", placeholders(10));
+                format!(
+                    "INSERT INTO braid_branch ({}) VALUES {}",
+                    BRANCH_COLS.trim_start_matches("id, "),
+                    vec![row; rows].join(", ")
+                )
+            });
             let mut q = sqlx::query(&sql);
             for b in chunk {
                 q = q
@@ -292,6 +439,117 @@ impl SqlStore {
             q.execute(&mut **tx).await?;
         }
         Ok(())
+    }
+
+    /// The branch status changes of every update applied in a run of the batch, as few statements as
+    /// possible: one per distinct (new status, time), each matching its branches by their unique key. What
+    /// they protect: a branch result recorded with the status it justifies (e.g. every action `succeed` with
+    /// the saga `succeed`), so a later pass does not call that branch again. When a write names the same
+    /// branch twice, the last change wins, as if applied one after the other.
+    async fn update_branch_statuses(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        changes: &[BranchChange<'_>],
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut last: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(
+                (
+                    c.gid.as_str(),
+                    c.update.branch_id.as_str(),
+                    c.update.op.as_str(),
+                ),
+                i,
+            );
+        }
+        let mut groups: BTreeMap<(&str, i64), Vec<&BranchChange<'_>>> = BTreeMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            let key = (
+                c.gid.as_str(),
+                c.update.branch_id.as_str(),
+                c.update.op.as_str(),
+            );
+            if last.get(&key) == Some(&i) {
+                groups
+                    .entry((c.update.status.as_str(), c.now.0))
+                    .or_default()
+                    .push(c);
+            }
+        }
+        for ((_, now), group) in groups {
+            let status = group[0].update.status;
+            // The time column a status sets besides `update_time`, and the statement texts for it.
+            let (slots, has_time_col, build): (_, _, fn(usize) -> String) = match status {
+                BranchStatus::Succeed => (&BRANCH_SUCCEED_SQL, true, |n| {
+                    branch_status_sql(", finish_time = ?", n)
+                }),
+                BranchStatus::Failed => (&BRANCH_FAILED_SQL, true, |n| {
+                    branch_status_sql(", rollback_time = ?", n)
+                }),
+                BranchStatus::Prepared => {
+                    (&BRANCH_PREPARED_SQL, false, |n| branch_status_sql("", n))
+                }
+            };
+            let mut done = 0;
+            for len in pow2_chunks(group.len(), INSERT_CHUNK) {
+                let chunk = &group[done..done + len];
+                done += len;
+                let sql = chunk_sql(slots, len, build);
+                let mut q = sqlx::query(&sql).bind(status.as_str()).bind(now);
+                if has_time_col {
+                    q = q.bind(now);
+                }
+                for c in chunk {
+                    q = q
+                        .bind(c.gid.as_str())
+                        .bind(c.update.branch_id.as_str())
+                        .bind(c.update.op.as_str());
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a run of the batch in which every gid appears once: its inserts first (grouped), then its
+    /// updates (one compare-and-set each), then the branch status changes of the applied updates (grouped).
+    async fn apply_run(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        writes: &[Write],
+        outcomes: &mut [WriteOutcome],
+    ) -> Result<()> {
+        let (insert_idx, inserts): (Vec<usize>, Vec<(&GlobalTxn, &[Branch])>) = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match w {
+                Write::Insert { txn, branches } => Some((i, (txn, branches.as_slice()))),
+                Write::Update(_) => None,
+            })
+            .unzip();
+        if !inserts.is_empty() {
+            let inserted = self.insert_txns(tx, &inserts).await?;
+            for (i, outcome) in insert_idx.into_iter().zip(inserted) {
+                outcomes[i] = outcome;
+            }
+        }
+        let mut changes = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            let Write::Update(u) = w else { continue };
+            let outcome = self.update_txn(tx, u).await?;
+            if let WriteOutcome::Applied(_) = outcome {
+                changes.extend(u.branches.iter().map(|b| BranchChange {
+                    gid: &u.gid,
+                    update: b,
+                    now: u.now,
+                }));
+            }
+            outcomes[i] = outcome;
+        }
+        self.update_branch_statuses(tx, &changes).await
     }
 
     /// One conditional update inside the batch's transaction.
@@ -313,17 +571,18 @@ impl SqlStore {
             .execute(&mut **tx)
             .await?;
         let outcome = match self.update_row_and_branches(tx, u).await? {
-            WriteOutcome::Applied(version) => match self.insert_branches(tx, &u.new_branches).await
-            {
-                Ok(()) => WriteOutcome::Applied(version),
-                Err(e) if is_duplicate_key(&e) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
-                        .execute(&mut **tx)
-                        .await?;
-                    WriteOutcome::DuplicateBranch
+            WriteOutcome::Applied(version) => {
+                match self.insert_branches(tx, u.new_branches.iter()).await {
+                    Ok(()) => WriteOutcome::Applied(version),
+                    Err(e) if is_duplicate_key(&e) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
+                            .execute(&mut **tx)
+                            .await?;
+                        WriteOutcome::DuplicateBranch
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
-            },
+            }
             unchanged @ (WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => unchanged,
         };
         sqlx::query("RELEASE SAVEPOINT braid_write")
@@ -332,7 +591,8 @@ impl SqlStore {
         Ok(outcome)
     }
 
-    /// The compare-and-set of the row and the status changes of existing branches (not the new branches).
+    /// The compare-and-set of the row. The status changes of its existing branches follow, grouped with
+    /// those of the other writes of the run ([`SqlStore::update_branch_statuses`]), once it applied.
     async fn update_row_and_branches(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -357,7 +617,15 @@ impl SqlStore {
             Schedule::At { .. } | Schedule::Keep => None,
         };
 
-        let mut sets = vec!["version = version + 1", "update_time = ?"];
+        // A status-only condition (no expected version) does not know the version it makes: the statement
+        // returns it (MySQL: the OK packet's insert id, set by LAST_INSERT_ID(expr); SQLite: RETURNING),
+        // instead of a SELECT afterwards.
+        let (version_set, returning) = match (u.expect_version, self.dialect) {
+            (Some(_), _) => ("version = version + 1", ""),
+            (None, Dialect::Mysql) => ("version = LAST_INSERT_ID(version + 1)", ""),
+            (None, Dialect::Sqlite) => ("version = version + 1", " RETURNING version"),
+        };
+        let mut sets = vec![version_set, "update_time = ?"];
         if u.status.is_some() {
             sets.push("status = ?");
         }
@@ -382,7 +650,7 @@ impl SqlStore {
             ""
         };
         let sql = format!(
-            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}",
+            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}{returning}",
             sets.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(u.now.0);
@@ -411,44 +679,32 @@ impl SqlStore {
                     .map_err(|e| corrupt(&format!("expected version of {}", u.gid), e))?,
             );
         }
-        if q.execute(&mut **tx).await?.rows_affected() == 0 {
-            return Ok(WriteOutcome::Conflict);
-        }
-
-        for b in &u.branches {
-            let time_col = match b.status {
-                BranchStatus::Succeed => ", finish_time = ?",
-                BranchStatus::Failed => ", rollback_time = ?",
-                BranchStatus::Prepared => "",
-            };
-            let sql = format!(
-                "UPDATE braid_branch SET status = ?, update_time = ?{time_col} WHERE gid = ? AND branch_id = ? AND op = ?"
-            );
-            let mut q = sqlx::query(&sql).bind(b.status.as_str()).bind(u.now.0);
-            if !time_col.is_empty() {
-                q = q.bind(u.now.0);
+        let version = match (u.expect_version, self.dialect) {
+            (Some(v), _) => {
+                if q.execute(&mut **tx).await?.rows_affected() == 0 {
+                    return Ok(WriteOutcome::Conflict);
+                }
+                v.0 + 1
             }
-            q.bind(u.gid.as_str())
-                .bind(b.branch_id.as_str())
-                .bind(b.op.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
-
-        let version = match u.expect_version {
-            Some(v) => Version(v.0 + 1),
-            None => {
-                let row = sqlx::query("SELECT version FROM braid_txn WHERE gid = ?")
-                    .bind(u.gid.as_str())
-                    .fetch_one(&mut **tx)
-                    .await?;
-                Version(
-                    u64::try_from(row.try_get::<i64, _>("version")?)
-                        .map_err(|e| corrupt("version", e))?,
-                )
+            (None, Dialect::Mysql) => {
+                let done = q.execute(&mut **tx).await?;
+                if done.rows_affected() == 0 {
+                    return Ok(WriteOutcome::Conflict);
+                }
+                let id = done
+                    .last_insert_id()
+                    .ok_or_else(|| corrupt(&format!("new version of {}", u.gid), "not reported"))?;
+                u64::try_from(id).map_err(|e| corrupt("version", e))?
+            }
+            (None, Dialect::Sqlite) => {
+                let Some(row) = q.fetch_optional(&mut **tx).await? else {
+                    return Ok(WriteOutcome::Conflict);
+                };
+                u64::try_from(row.try_get::<i64, _>("version")?)
+                    .map_err(|e| corrupt("version", e))?
             }
         };
-        Ok(WriteOutcome::Applied(version))
+        Ok(WriteOutcome::Applied(Version(version)))
     }
 
     /// The partitions of `fences` whose stored epoch is another (or that have no fencing row). On MySQL the
@@ -578,13 +834,10 @@ impl Store for SqlStore {
 
     async fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
         let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for w in writes {
-            let outcome = match w {
-                Write::Insert { txn, branches } => self.insert_txn(&mut tx, txn, branches).await?,
-                Write::Update(u) => self.update_txn(&mut tx, u).await?,
-            };
-            outcomes.push(outcome);
+        let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
+        for run in distinct_gid_runs(writes) {
+            self.apply_run(&mut tx, &writes[run.clone()], &mut outcomes[run])
+                .await?;
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -956,5 +1209,41 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::txn;
+
+    #[test]
+    fn chunks_are_powers_of_two_that_add_up() {
+        let cases: &[(usize, usize, &[usize])] = &[
+            (0, 256, &[]),
+            (1, 256, &[1]),
+            (100, 256, &[64, 32, 4]),
+            (256, 256, &[256]),
+            (600, 256, &[256, 256, 64, 16, 8]),
+            (7, 4, &[4, 2, 1]),
+        ];
+        for (i, (n, max, want)) in cases.iter().enumerate() {
+            let got = pow2_chunks(*n, *max);
+            assert_eq!(got, *want, "case {i}: {n} rows, at most {max}");
+            assert_eq!(got.iter().sum::<usize>(), *n, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_gid_starts_a_new_run() {
+        let w = |g: &str| Write::Update(TxnUpdate::of(&txn(g), txn(g).create_time));
+        let ins = |g: &str| Write::Insert {
+            txn: txn(g),
+            branches: Vec::new(),
+        };
+        let batch = vec![ins("a"), w("b"), w("a"), w("c"), ins("b"), w("d"), w("d")];
+        // a b | a c b d | d: each run has every gid once, in order.
+        assert_eq!(distinct_gid_runs(&batch), vec![0..2, 2..6, 6..7]);
+        assert_eq!(distinct_gid_runs(&[]), Vec::<std::ops::Range<usize>>::new());
     }
 }

@@ -12,12 +12,22 @@
 //! every waiter gets exactly one answer (its outcome or the error), never a partial one. The exception is a
 //! database that cannot be reached at all: then every waiter of the batch gets the (retryable) error at
 //! once, instead of one connection timeout per write.
-//! On shutdown the queue is closed, the writes already queued are committed, and later calls get
-//! [`Error::WriterStopped`].
+//! On shutdown the queue is closed, the batches in flight finish, the writes already queued are committed,
+//! and later calls get [`Error::WriterStopped`].
+//!
+//! Pipelining: with `pipeline > 1`, the writer collects and applies the next batch while earlier ones are
+//! still committing (each on a connection of its own), so the database's log flush of one batch overlaps
+//! the statements of the next (and its group commit merges their flushes). Every waiter is still answered
+//! only after the commit of its own batch. Batches in flight at once hold only concurrent writes: a caller
+//! that waits for one write's answer before sending the next cannot have both in flight, so no order
+//! between them is lost; two batches that touch the same row are serialized by the row lock (a deadlock is
+//! a lock conflict, applied again).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +44,9 @@ pub struct WriterOptions {
     pub max_wait: Duration,
     /// Queue capacity; callers wait when it is full.
     pub queue: usize,
+    /// Most batches committing at once (1: one after the other). More than one only helps a database
+    /// that runs several write transactions at once (MySQL); SQLite has one writer at a time.
+    pub pipeline: usize,
 }
 
 impl Default for WriterOptions {
@@ -42,6 +55,18 @@ impl Default for WriterOptions {
             max_batch: 512,
             max_wait: Duration::ZERO,
             queue: 8192,
+            pipeline: 1,
+        }
+    }
+}
+
+impl WriterOptions {
+    /// The defaults for a store of this kind ([`Store::kind`](super::Store::kind)): two batches in flight on
+    /// MySQL, one on SQLite.
+    pub fn for_store(kind: &str) -> Self {
+        Self {
+            pipeline: if kind == "mysql" { 2 } else { 1 },
+            ..Self::default()
         }
     }
 }
@@ -106,48 +131,73 @@ impl Writer {
     }
 
     /// Commits batches until `cancel` fires (then flushes what is queued) or every handle is dropped.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) {
+        let Self {
+            store,
+            mut rx,
+            opts,
+            metrics,
+        } = self;
+        let committer = Committer { store, metrics };
+        let pipeline = opts.pipeline.max(1);
+        let mut inflight = FuturesUnordered::new();
         loop {
             // Cancellation first: under a steady stream of writes a receive-first select would never see it.
             // Whatever is queued at that point is committed by the flush below.
-            let first = tokio::select! {
+            tokio::select! {
                 biased;
-                () = cancel.cancelled() => None,
-                p = self.rx.recv() => p,
-            };
-            let Some(first) = first else { break };
-            let batch = self.collect(first).await;
-            self.commit(batch).await;
-        }
-        // Flush: nothing queued is dropped unanswered.
-        self.rx.close();
-        while let Some(first) = self.rx.recv().await {
-            let batch = self.collect(first).await;
-            self.commit(batch).await;
-        }
-    }
-
-    async fn collect(&mut self, first: Pending) -> Vec<Pending> {
-        let mut batch = Vec::with_capacity(16);
-        batch.push(first);
-        while batch.len() < self.opts.max_batch {
-            match self.rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        if !self.opts.max_wait.is_zero() {
-            let deadline = Instant::now() + self.opts.max_wait;
-            while batch.len() < self.opts.max_batch {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    Ok(None) | Err(_) => break,
+                () = cancel.cancelled() => break,
+                Some(()) = inflight.next(), if !inflight.is_empty() => {}
+                p = rx.recv(), if inflight.len() < pipeline => {
+                    let Some(first) = p else { break };
+                    let batch = collect(&mut rx, &opts, first).await;
+                    inflight.push(committer.commit(batch));
                 }
             }
         }
-        batch
+        while inflight.next().await.is_some() {}
+        // Flush: nothing queued is dropped unanswered.
+        rx.close();
+        while let Some(first) = rx.recv().await {
+            let batch = collect(&mut rx, &opts, first).await;
+            committer.commit(batch).await;
+        }
     }
+}
 
+/// Takes `first` and whatever else is queued (up to `max_batch`, waiting up to `max_wait` for more).
+async fn collect(
+    rx: &mut mpsc::Receiver<Pending>,
+    opts: &WriterOptions,
+    first: Pending,
+) -> Vec<Pending> {
+    let mut batch = Vec::with_capacity(16);
+    batch.push(first);
+    while batch.len() < opts.max_batch {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    if !opts.max_wait.is_zero() {
+        let deadline = Instant::now() + opts.max_wait;
+        while batch.len() < opts.max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    batch
+}
+
+/// What committing a batch needs (shared by the batches in flight).
+struct Committer {
+    store: DynStore,
+    metrics: Arc<Metrics>,
+}
+
+impl Committer {
     /// Applies a batch; when the database rolled it back for a lock conflict (a deadlock with a concurrent
     /// claim, say), nothing was applied, so it is applied again, a few times with a short pause.
     async fn apply_retrying_lock_conflicts(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
@@ -247,7 +297,7 @@ mod tests {
     use super::*;
     use crate::model::{Op, Version};
     use crate::store::testing::{T0, TestDb, branch, gid, txn};
-    use crate::store::{ScanFilter, TxnUpdate};
+    use crate::store::{ScanFilter, Store, TxnUpdate};
 
     impl WriterHandle {
         /// Writes in the queue (sent, or with a slot reserved), not yet taken by the writer.
@@ -312,7 +362,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let opts = WriterOptions {
             max_batch: 64,
-            ..WriterOptions::default()
+            ..WriterOptions::for_store(db.store.kind())
         };
         let (writer, handle) = Writer::new(db.store.clone(), opts, metrics.clone());
         let names: Vec<String> = (0..200).map(|i| format!("gc-{i:03}")).collect();
@@ -359,8 +409,8 @@ mod tests {
     /// mere `Conflict`) get their own outcomes.
     async fn check_bad_write_does_not_fail_neighbours(db: &TestDb) {
         let metrics = Arc::new(Metrics::new());
-        let (writer, handle) =
-            Writer::new(db.store.clone(), WriterOptions::default(), metrics.clone());
+        let opts = WriterOptions::for_store(db.store.kind());
+        let (writer, handle) = Writer::new(db.store.clone(), opts, metrics.clone());
         // The same branch twice violates the branch unique key: an error, which fails the whole batch.
         let bad = Write::Insert {
             txn: txn("gc-bad"),
@@ -467,6 +517,238 @@ mod tests {
         );
     }
 
+    /// A store whose `apply` calls each wait for their own go-ahead (call `k` waits for `release(k)`), and
+    /// that counts the batches it committed. Everything else goes straight to the real store.
+    struct GatedStore {
+        inner: DynStore,
+        gates: Vec<tokio::sync::Semaphore>,
+        calls: std::sync::atomic::AtomicUsize,
+        committed: std::sync::atomic::AtomicUsize,
+    }
+
+    impl GatedStore {
+        fn new(inner: DynStore, calls: usize) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                gates: (0..calls).map(|_| tokio::sync::Semaphore::new(0)).collect(),
+                calls: 0.into(),
+                committed: 0.into(),
+            })
+        }
+
+        fn release(&self, call: usize) {
+            self.gates[call].add_permits(1);
+        }
+
+        fn started(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn committed(&self) -> usize {
+            self.committed.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for GatedStore {
+        fn kind(&self) -> &'static str {
+            self.inner.kind()
+        }
+        async fn ping(&self) -> Result<()> {
+            self.inner.ping().await
+        }
+        async fn db_now(&self) -> Result<crate::model::Millis> {
+            self.inner.db_now().await
+        }
+        async fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+            let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let gate = self.gates.get(call).expect("a gate for every call");
+            gate.acquire().await.expect("gate open").forget();
+            let outcomes = self.inner.apply(writes).await;
+            self.committed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            outcomes
+        }
+        async fn find_txn(&self, g: &crate::model::Gid) -> Result<Option<crate::model::GlobalTxn>> {
+            self.inner.find_txn(g).await
+        }
+        async fn find_branches(&self, g: &crate::model::Gid) -> Result<Vec<crate::model::Branch>> {
+            self.inner.find_branches(g).await
+        }
+        async fn scan_txns(&self, f: &ScanFilter) -> Result<Vec<crate::model::GlobalTxn>> {
+            self.inner.scan_txns(f).await
+        }
+        async fn claim_due(&self, c: &crate::store::Claim) -> Result<crate::store::Claimed> {
+            self.inner.claim_due(c).await
+        }
+        async fn init_partitions(&self, count: u16) -> Result<u16> {
+            self.inner.init_partitions(count).await
+        }
+        async fn fence_partition(
+            &self,
+            p: crate::model::Partition,
+            owner: &str,
+            now: crate::model::Millis,
+        ) -> Result<crate::model::LeaseEpoch> {
+            self.inner.fence_partition(p, owner, now).await
+        }
+        async fn partition_fences(&self) -> Result<Vec<crate::store::PartitionFence>> {
+            self.inner.partition_fences().await
+        }
+        async fn lease_acquire(
+            &self,
+            name: &str,
+            holder: &str,
+            now: crate::model::Millis,
+            duration_ms: i64,
+        ) -> Result<bool> {
+            self.inner
+                .lease_acquire(name, holder, now, duration_ms)
+                .await
+        }
+        async fn lease_release(&self, name: &str, holder: &str) -> Result<bool> {
+            self.inner.lease_release(name, holder).await
+        }
+        async fn lease_list(
+            &self,
+            prefix: &str,
+            now: crate::model::Millis,
+        ) -> Result<Vec<crate::store::LeaseRecord>> {
+            self.inner.lease_list(prefix, now).await
+        }
+        async fn reset_cron_time(
+            &self,
+            after: crate::model::Millis,
+            now: crate::model::Millis,
+            limit: u32,
+        ) -> Result<u64> {
+            self.inner.reset_cron_time(after, now, limit).await
+        }
+        async fn reset_next_cron_time(
+            &self,
+            g: &crate::model::Gid,
+            now: crate::model::Millis,
+        ) -> Result<bool> {
+            self.inner.reset_next_cron_time(g, now).await
+        }
+        async fn delete_finished(&self, before: crate::model::Millis, limit: u32) -> Result<u64> {
+            self.inner.delete_finished(before, limit).await
+        }
+        async fn kv_scan(
+            &self,
+            cat: &str,
+            after_id: Option<i64>,
+            limit: u32,
+        ) -> Result<Vec<crate::model::KvRecord>> {
+            self.inner.kv_scan(cat, after_id, limit).await
+        }
+        async fn kv_find(&self, cat: &str, k: &str) -> Result<Option<crate::model::KvRecord>> {
+            self.inner.kv_find(cat, k).await
+        }
+        async fn kv_create(
+            &self,
+            cat: &str,
+            k: &str,
+            v: &str,
+            now: crate::model::Millis,
+        ) -> Result<bool> {
+            self.inner.kv_create(cat, k, v, now).await
+        }
+        async fn kv_update(
+            &self,
+            cat: &str,
+            k: &str,
+            v: &str,
+            expect_version: i64,
+            now: crate::model::Millis,
+        ) -> Result<bool> {
+            self.inner.kv_update(cat, k, v, expect_version, now).await
+        }
+        async fn kv_delete(&self, cat: &str, k: &str) -> Result<bool> {
+            self.inner.kv_delete(cat, k).await
+        }
+    }
+
+    /// Lets every other task run for a while (so an answer that could arrive, would).
+    async fn settle() {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// No waiter hears anything before the commit of its own batch, also with two batches in flight: the
+    /// second batch is collected and applied while the first still waits, each batch's waiters are
+    /// answered when (and only when) that batch commits, in whatever order the commits finish, and each
+    /// answered write is in the store by then.
+    async fn check_no_reply_before_commit(db: &TestDb) {
+        let gated = GatedStore::new(db.store.clone(), 2);
+        let metrics = Arc::new(Metrics::new());
+        // Five writes queued before the writer starts, three per batch: batch 0 takes three, batch 1 the
+        // other two, and both are in flight at once.
+        let opts = WriterOptions {
+            pipeline: 2,
+            max_batch: 3,
+            ..WriterOptions::default()
+        };
+        let (writer, handle) = Writer::new(gated.clone(), opts, metrics.clone());
+        let names: Vec<String> = (0..5).map(|i| format!("gate-{i}")).collect();
+        let mut tasks = queue_all(&handle, names.iter().map(|g| insert(g)).collect()).await;
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(writer.run(cancel.clone()));
+        while gated.started() < 2 {
+            tokio::task::yield_now().await;
+        }
+        settle().await;
+        assert!(
+            tasks.try_join_next().is_none(),
+            "answered before any commit"
+        );
+        assert_eq!(gated.committed(), 0);
+        assert_eq!(
+            stored_gids(db).await,
+            BTreeSet::new(),
+            "nothing committed yet"
+        );
+
+        // The second batch commits first: exactly its two waiters are answered, each with its row stored.
+        gated.release(1);
+        let mut early = BTreeSet::new();
+        for _ in 0..2 {
+            let (g, answer) = tasks.join_next().await.unwrap().unwrap();
+            assert_eq!(answer.unwrap(), WriteOutcome::Applied(Version(1)), "{g}");
+            assert!(
+                db.store.find_txn(&gid(&g)).await.unwrap().is_some(),
+                "{g} answered but not stored"
+            );
+            early.insert(g);
+        }
+        settle().await;
+        assert!(
+            tasks.try_join_next().is_none(),
+            "batch 0 answered before its commit"
+        );
+        assert_eq!(stored_gids(db).await, early, "only batch 1 is committed");
+
+        gated.release(0);
+        let rest = answers(tasks).await;
+        assert_eq!(rest.len(), 3);
+        for (g, a) in &rest {
+            assert_eq!(
+                a.as_ref().unwrap(),
+                &WriteOutcome::Applied(Version(1)),
+                "{g}"
+            );
+            assert!(!early.contains(g), "{g} answered twice");
+        }
+        assert_eq!(metrics.store_commits.get(), 2);
+        assert_eq!(
+            stored_gids(db).await,
+            names.iter().cloned().collect::<BTreeSet<_>>()
+        );
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
     /// A caller that gives up while the queue is full leaves the queue-depth gauge as it was.
     #[tokio::test]
     async fn abandoned_write_leaves_no_queue_depth() {
@@ -539,6 +821,7 @@ mod tests {
                     check_bad_write_does_not_fail_neighbours,
                     check_cancel_flushes_then_refuses,
                     check_stops_when_handles_drop,
+                    check_no_reply_before_commit,
                 );
             }
         };
