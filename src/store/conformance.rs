@@ -784,7 +784,7 @@ pub async fn check_mixed_batch(s: &DynStore) {
 }
 
 /// `claim_due` takes unfinished rows due at `now`, earliest first, up to `limit`, in the given partitions;
-/// it sets `next_cron_time = lease_until` and `owner` and nothing else (not the version).
+/// it sets `next_cron_time = lease_until` and `owner`, bumps the version, and changes nothing else.
 pub async fn check_claim_due(s: &DynStore) {
     let rows = [
         ("due-1", GlobalStatus::Submitted, Some(at(-40)), 1),
@@ -811,6 +811,7 @@ pub async fn check_claim_due(s: &DynStore) {
     let claimed_as = |g: &str, owner: &str, until: Millis| GlobalTxn {
         next_cron_time: Some(until),
         owner: owner.to_owned(),
+        version: Version(stored[g].version.0 + 1),
         ..stored[g].clone()
     };
     let claim = |limit, partitions: Option<Vec<Partition>>, owner: &str| Claim {
@@ -902,11 +903,15 @@ pub async fn check_claim_due(s: &DynStore) {
         got_gids,
         vec!["due-1", "due-2", "due-3", "due-now", "later"]
     );
-    assert!(
-        got.iter().all(|t| t.owner == "r5"
-            && t.next_cron_time == Some(at(120))
-            && t.version == Version(1))
-    );
+    for t in &got {
+        let claims = if t.gid.as_str() == "later" { 1 } else { 2 };
+        assert_eq!(
+            (t.owner.as_str(), t.next_cron_time, t.version),
+            ("r5", Some(at(120)), Version(1 + claims)),
+            "every claim bumps the version ({})",
+            t.gid
+        );
+    }
 }
 
 /// Concurrent claims never return the same row, and together they take every due row.
@@ -967,7 +972,7 @@ pub async fn check_concurrent_claims_are_disjoint(s: &DynStore) {
             total += 1;
             assert_eq!(
                 (t.owner.as_str(), t.next_cron_time, t.version),
-                (owner.as_str(), Some(at(60)), Version(1))
+                (owner.as_str(), Some(at(60)), Version(2))
             );
             if let Some(first) = owner_of.insert(t.gid.clone(), owner.clone()) {
                 panic!("{} claimed by both {first} and {owner}", t.gid);
@@ -1078,6 +1083,86 @@ pub async fn check_reset_next_cron_time(s: &DynStore) {
             .unwrap()
     );
     assert_eq!(s.find_txn(&gid("rn-missing")).await.unwrap(), None);
+}
+
+/// Claims are exclusive: a row under a live claim (non-empty `owner`, `next_cron_time` later than now) is
+/// left alone by `reset_cron_time`, `reset_next_cron_time` and an update conditioned on `unclaimed_at`;
+/// once the claim runs out (or its holder releases it with `owner = ""`) each of them applies again.
+pub async fn check_live_claims_are_exclusive(s: &DynStore) {
+    let claimed = seed(
+        s,
+        GlobalTxn {
+            owner: "pass-a".to_owned(),
+            ..txn_with("lc-claimed", GlobalStatus::Submitted, Some(at(30)))
+        },
+        Vec::new(),
+    )
+    .await;
+    let free = seed(
+        s,
+        txn_with("lc-free", GlobalStatus::Submitted, Some(at(30))),
+        Vec::new(),
+    )
+    .await;
+
+    assert_eq!(
+        s.reset_cron_time(at(10), at(1), 10).await.unwrap(),
+        1,
+        "only the unclaimed row is pulled forward"
+    );
+    assert_eq!(get(s, &claimed.gid).await, claimed, "a live claim stays");
+    assert!(s.reset_next_cron_time(&claimed.gid, at(2)).await.unwrap());
+    assert_eq!(get(s, &claimed.gid).await, claimed, "a live claim stays");
+
+    // Taking the claim while it is live: `Conflict`, nothing changes.
+    let take = |now: Millis, t: &GlobalTxn| {
+        let mut u = TxnUpdate::of(t, now);
+        u.owner = Some("pass-b".to_owned());
+        u.unclaimed_at = Some(now);
+        u.schedule = Schedule::At {
+            interval: 10,
+            at: now.plus_secs(20),
+        };
+        Write::Update(u)
+    };
+    assert_eq!(
+        apply1(s, take(at(29), &claimed)).await,
+        WriteOutcome::Conflict
+    );
+    assert_eq!(get(s, &claimed.gid).await, claimed);
+    // Once it ran out, the take applies and bumps the version.
+    assert_eq!(
+        apply1(s, take(at(30), &claimed)).await,
+        WriteOutcome::Applied(Version(2))
+    );
+    let t = get(s, &claimed.gid).await;
+    assert_eq!(
+        (t.owner.as_str(), t.next_cron_time, t.version),
+        ("pass-b", Some(at(50)), Version(2))
+    );
+    // The holder releases it: free for everyone again, however far the schedule lies ahead.
+    let mut release = TxnUpdate::of(&t, at(31));
+    release.owner = Some(String::new());
+    release.schedule = Schedule::At {
+        interval: 10,
+        at: at(400),
+    };
+    assert_eq!(
+        apply1(s, Write::Update(release)).await,
+        WriteOutcome::Applied(Version(3))
+    );
+    let t = get(s, &claimed.gid).await;
+    assert_eq!(
+        apply1(s, take(at(32), &t)).await,
+        WriteOutcome::Applied(Version(4)),
+        "a released row can be taken before its schedule"
+    );
+    let t = get(s, &free.gid).await;
+    assert_eq!(t.next_cron_time, Some(at(1)));
+    assert_eq!(
+        apply1(s, take(at(0), &t)).await,
+        WriteOutcome::Applied(Version(2))
+    );
 }
 
 /// `delete_finished` removes final transactions last updated before `before`, with their branches, at most
@@ -1920,6 +2005,7 @@ macro_rules! conformance {
                 check_concurrent_claims_are_disjoint,
                 check_reset_cron_time,
                 check_reset_next_cron_time,
+                check_live_claims_are_exclusive,
                 check_delete_finished,
                 check_kv,
                 check_scan_txns,

@@ -210,6 +210,14 @@ pub struct TxnUpdate {
     /// Fencing: applies only while the stored epoch of this partition is the given one (else `Conflict`).
     /// The recovery scanner's passes set it; `None` for writes that no partition owner makes (the API's).
     pub fence: Option<Fence>,
+    /// Sets `owner`, the holder of the row's claim (see [`Claim`]): a pass's token while it runs, `""` when
+    /// it ends. `None` leaves it.
+    pub owner: Option<String>,
+    /// Applies only while nobody holds a live claim on the row at this time: its `owner` is empty, or it has
+    /// no `next_cron_time`, or that time is at or before this one (else `Conflict`). A pass that starts
+    /// without a claim (an API call re-running a transaction) takes one this way, so it never runs beside
+    /// another actor's pass.
+    pub unclaimed_at: Option<Millis>,
 }
 
 impl TxnUpdate {
@@ -228,6 +236,8 @@ impl TxnUpdate {
             new_branches: Vec::new(),
             now,
             fence: None,
+            owner: None,
+            unclaimed_at: None,
         }
     }
 }
@@ -292,7 +302,7 @@ pub struct Claim {
     pub now: Millis,
     /// Claimed rows get `next_cron_time = lease_until` (so no other scanner takes them meanwhile).
     pub lease_until: Millis,
-    /// Written to `owner` of claimed rows.
+    /// Written to `owner` of claimed rows: the claim's holder until `lease_until`.
     pub owner: String,
     /// At most this many.
     pub limit: u32,
@@ -378,10 +388,11 @@ pub trait Store: Send + Sync + 'static {
     async fn scan_txns(&self, filter: &ScanFilter) -> Result<Vec<GlobalTxn>>;
 
     /// Atomically claims up to `limit` unfinished due transactions (`next_cron_time <= now`, earliest first,
-    /// in the claim's [`ClaimScope`]): sets their `next_cron_time` to `lease_until` and `owner`, changes
-    /// nothing else, and returns them as stored after the claim (in no particular order). Two concurrent
-    /// claims never return the same row. A claim does not change the version: the state-changing write of
-    /// whoever processes the transaction is what the version guards. A fenced claim takes rows only from
+    /// in the claim's [`ClaimScope`]): sets their `next_cron_time` to `lease_until` and `owner`, bumps their
+    /// version by one, changes nothing else, and returns them as stored after the claim (in no particular
+    /// order). Two concurrent claims never return the same row. The version bump is what makes a claim
+    /// exclusive: a pass whose claim ran out and was taken over loses its next compare-and-set, so it can
+    /// neither record a decision nor extend its claim after another pass started. A fenced claim takes rows only from
     /// partitions whose stored epoch equals the claimed one, checked in the claim's database transaction;
     /// the others are listed in [`Claimed::stale`]. MySQL claims lock with `FOR UPDATE SKIP LOCKED`, so
     /// concurrent claimers pass each other's rows by instead of waiting.
@@ -420,11 +431,13 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_list(&self, prefix: &str, now: Millis) -> Result<Vec<LeaseRecord>>;
 
     /// For unfinished transactions scheduled later than `after`, sets `next_cron_time = now`, at most
-    /// `limit` rows. Returns how many changed.
+    /// `limit` rows. Rows under a live claim (non-empty `owner`, `next_cron_time > now`) are being processed
+    /// and stay as they are. Returns how many changed.
     async fn reset_cron_time(&self, after: Millis, now: Millis, limit: u32) -> Result<u64>;
 
-    /// Sets `next_cron_time = now` for one unfinished transaction (also one that had no schedule). Returns
-    /// whether the gid exists; a final transaction exists but stays unscheduled.
+    /// Sets `next_cron_time = now` for one unfinished transaction (also one that had no schedule), unless a
+    /// live claim holds it (it is being processed now). Returns whether the gid exists; a final transaction
+    /// exists but stays unscheduled.
     async fn reset_next_cron_time(&self, gid: &Gid, now: Millis) -> Result<bool>;
 
     /// Deletes up to `limit` final transactions (and their branches) last updated before `before`; that is

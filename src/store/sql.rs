@@ -644,13 +644,21 @@ impl SqlStore {
         if u.options.is_some() {
             sets.push("options = ?");
         }
+        if u.owner.is_some() {
+            sets.push("owner = ?");
+        }
         let version_cond = if u.expect_version.is_some() {
             " AND version = ?"
         } else {
             ""
         };
+        let unclaimed_cond = if u.unclaimed_at.is_some() {
+            " AND (owner = '' OR next_cron_time IS NULL OR next_cron_time <= ?)"
+        } else {
+            ""
+        };
         let sql = format!(
-            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}{returning}",
+            "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}{unclaimed_cond}{returning}",
             sets.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(u.now.0);
@@ -672,12 +680,18 @@ impl SqlStore {
         if let Some(options) = &u.options {
             q = q.bind(options_json(options)?);
         }
+        if let Some(owner) = &u.owner {
+            q = q.bind(owner.as_str());
+        }
         q = q.bind(u.gid.as_str()).bind(u.expect_status.as_str());
         if let Some(v) = u.expect_version {
             q = q.bind(
                 i64::try_from(v.0)
                     .map_err(|e| corrupt(&format!("expected version of {}", u.gid), e))?,
             );
+        }
+        if let Some(at) = u.unclaimed_at {
+            q = q.bind(at.0);
         }
         let version = match (u.expect_version, self.dialect) {
             (Some(v), _) => {
@@ -750,7 +764,7 @@ impl SqlStore {
             Dialect::Sqlite => {
                 // One statement under SQLite's single-writer lock.
                 let sql = format!(
-                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN (SELECT id FROM braid_txn \
+                    "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN (SELECT id FROM braid_txn \
                      WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?) RETURNING {TXN_COLS}"
                 );
                 let q = sqlx::query(&sql)
@@ -781,7 +795,7 @@ impl SqlStore {
                 }
                 let in_list = placeholders(ids.len());
                 let sql = format!(
-                    "UPDATE braid_txn SET next_cron_time = ?, owner = ? WHERE id IN ({in_list})"
+                    "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN ({in_list})"
                 );
                 let mut q = sqlx::query(&sql)
                     .bind(c.lease_until.0)
@@ -1076,16 +1090,19 @@ impl Store for SqlStore {
         let sql = match self.dialect {
             Dialect::Sqlite => {
                 "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE id IN \
-                 (SELECT id FROM braid_txn WHERE next_cron_time > ? LIMIT ?)"
+                 (SELECT id FROM braid_txn WHERE next_cron_time > ? AND owner = '' LIMIT ?)"
             }
             Dialect::Mysql => {
-                "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE next_cron_time > ? LIMIT ?"
+                "UPDATE braid_txn SET next_cron_time = ?, update_time = ? WHERE next_cron_time > ? \
+                 AND owner = '' LIMIT ?"
             }
         };
+        // `next_cron_time > after >= now` for every row it touches, so `owner = ''` is what leaves live claims
+        // alone (an expired claim is due already).
         let done = sqlx::query(sql)
             .bind(now.0)
             .bind(now.0)
-            .bind(after.0)
+            .bind(after.0.max(now.0))
             .bind(i64::from(limit))
             .execute(&self.pool)
             .await?;
@@ -1097,11 +1114,13 @@ impl Store for SqlStore {
         // scheduled too, and a final row never is.
         let done = sqlx::query(
             "UPDATE braid_txn SET next_cron_time = ?, update_time = ? \
-             WHERE gid = ? AND status NOT IN ('succeed', 'failed')",
+             WHERE gid = ? AND status NOT IN ('succeed', 'failed') \
+             AND (owner = '' OR next_cron_time IS NULL OR next_cron_time <= ?)",
         )
         .bind(now.0)
         .bind(now.0)
         .bind(gid.as_str())
+        .bind(now.0)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() > 0 {
