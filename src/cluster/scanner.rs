@@ -128,12 +128,16 @@ impl Scanner {
             if wait {
                 passes.spawn(async move {
                     let _permit = permit;
-                    let branches = engine
-                        .store()
-                        .find_branches(&txn.gid)
-                        .await
-                        .unwrap_or_default();
-                    engine.run_pass_with(txn, branches, fence).await;
+                    // A store error is not "no branches": a pass over none would finish the transaction
+                    // without calling anything. Leave it; its claim runs out and a later scan retries it.
+                    match engine.store().find_branches(&txn.gid).await {
+                        Ok(branches) => {
+                            engine.run_pass_with(txn, branches, fence).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(braid.gid = %txn.gid, error = %e, "loading branches failed; the scan will retry");
+                        }
+                    }
                 });
             } else {
                 drop(permit);
