@@ -17,7 +17,9 @@ pub struct Metrics {
     pub transaction_process: IntCounterVec,
     /// `dtm_transaction_handled_duration{model}`: seconds from creation to each pass.
     pub transaction_handled_duration: HistogramVec,
-    /// `dtm_branch_process_total{model,branchid,branchtype,status}`: branch calls.
+    /// `dtm_branch_process_total{model,branchtype,status}`: branch calls. DTM also labels them with the
+    /// branch id, which callers choose: an unbounded set of series, so braid leaves that label out, and
+    /// `branchtype` is the op from a fixed set (`callback` for workflow resume calls).
     pub branch_process: IntCounterVec,
     /// `braid_branch_call_duration_seconds{protocol,outcome}`.
     pub branch_call_duration: HistogramVec,
@@ -116,7 +118,7 @@ impl Metrics {
             )),
             branch_process: must(IntCounterVec::new(
                 Opts::new("dtm_branch_process_total", "Branch calls"),
-                &["model", "branchid", "branchtype", "status"],
+                &["model", "branchtype", "status"],
             )),
             branch_call_duration: must(HistogramVec::new(
                 HistogramOpts::new("braid_branch_call_duration_seconds", "Branch call time")

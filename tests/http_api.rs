@@ -480,11 +480,7 @@ async fn api_metrics(backend: Backend) {
     assert!(
         line(
             "dtm_branch_process_total",
-            &[
-                r#"branchid="01""#,
-                r#"branchtype="action""#,
-                r#"model="msg""#
-            ]
+            &[r#"branchtype="action""#, r#"model="msg""#]
         ),
         "{text}"
     );
