@@ -549,6 +549,7 @@ impl Config {
             partitions: self.partitions,
             alert_webhook: self.alert_webhook.clone(),
             alert_retry_limit: self.alert_retry_limit,
+            node_id: self.node_id.clone(),
         }
     }
 

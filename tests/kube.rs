@@ -230,7 +230,13 @@ async fn policy_defaults_and_discovered_endpoints_reach_the_branch_calls() {
     let slow = gid("pay-slow");
     ts.submit_ok(&saga(&slow, "orders", 2)).await;
     ts.wait_pass(&slow).await;
-    // (and the policy's retryLimit 2 retries it twice at once, then the saga rolls back).
+    // (and the policy's retryLimit 2 retries it twice, each after the retry interval, then the saga
+    // rolls back).
+    for _ in 0..2 {
+        assert_eq!(ts.status(&slow).await, "submitted");
+        // Past the backoff (at most the policy's 40-second cap), within its 120-second timeout.
+        ts.cron_forward_expect(40, &slow).await;
+    }
     assert_eq!(ts.status(&slow).await, "failed");
     assert_eq!(
         busi.routes_of(&slow),

@@ -749,7 +749,7 @@ async fn saga_branch_headers_sent_on_first_call_and_cron_retry(backend: Backend)
     ts.stop().await;
 }
 
-async fn saga_retry_limit_retries_at_once_then_succeeds(backend: Backend) {
+async fn saga_retry_limit_retries_after_the_interval_then_succeeds(backend: Backend) {
     let busi = Busi::start().await;
     let ts = TestServer::start(backend).await;
     let g = gid("saga-retry-limit-3");
@@ -758,6 +758,20 @@ async fn saga_retry_limit_retries_at_once_then_succeeds(backend: Backend) {
     busi.push("TransIn", &["ERROR", "ERROR", "ERROR"]);
     ts.submit_ok(&body).await;
     ts.wait_pass(&g).await;
+    // A retry waits for the retry interval (with backoff): each pass spends one of the retries.
+    for used in 1..=3 {
+        assert_eq!(ts.status(&g).await, "submitted");
+        assert_eq!(
+            ts.query(&g).await["transaction"]["retry_count"],
+            used,
+            "one retry per pass"
+        );
+        assert!(
+            ts.cron_once().await.is_empty(),
+            "nothing is retried before its interval"
+        );
+        ts.cron_forward_expect(3600, &g).await;
+    }
     assert_eq!(ts.status(&g).await, "succeed");
     assert_eq!(ts.branch_statuses(&g).await, SUCCEEDED);
     assert_eq!(
@@ -782,6 +796,8 @@ async fn saga_retry_limit_exhausted_aborts(backend: Backend) {
     busi.push("TransIn", &["ERROR", "ERROR", "ERROR"]);
     ts.submit_ok(&body).await;
     ts.wait_pass(&g).await;
+    assert_eq!(ts.status(&g).await, "submitted", "the one retry waits");
+    ts.cron_forward_expect(3600, &g).await;
     assert_eq!(ts.status(&g).await, "failed");
     assert_eq!(
         ts.branch_statuses(&g).await,
@@ -1075,7 +1091,7 @@ on_both_stores!(
     saga_wait_result_reports_rollback_reason,
     saga_wait_result_reports_rollback_while_compensation_is_pending,
     saga_branch_headers_sent_on_first_call_and_cron_retry,
-    saga_retry_limit_retries_at_once_then_succeeds,
+    saga_retry_limit_retries_after_the_interval_then_succeeds,
     saga_retry_limit_exhausted_aborts,
     saga_legacy_step_data_is_the_body,
     saga_legacy_failure_in_a_200_body_rolls_back,

@@ -4,10 +4,14 @@
 //!
 //! Invariants:
 //! - A transaction is durable before any of its branches is called (the insert commits first).
-//! - Every write is a compare-and-set on the status and version read at the start of the pass; a lost race
-//!   is logged and dropped, and the winner's state stands.
-//! - One replica runs at most one pass per gid at a time (the in-flight set); other replicas are kept off
-//!   by the scan lease and, when that is not enough, by the compare-and-set.
+//! - A decision is durable before any branch call that depends on it (see [`driver`] for which write
+//!   protects which call).
+//! - Every write is a compare-and-set on the status and version the pass last wrote; a lost race stops the
+//!   pass, and the winner's state stands.
+//! - One pass per transaction at a time, across replicas: a pass holds a claim on the row for as long as it
+//!   runs (extended before a call it would not cover) and sends no call its claim does not cover; on one
+//!   replica the in-flight map also keeps a second pass from starting.
+//! - `forceStop` and shutdown cancel the passes in flight on this replica.
 
 mod driver;
 mod msg;
@@ -16,14 +20,15 @@ mod tcc;
 mod workflow;
 mod xa;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use driver::{PassError, PassResult};
+pub use driver::{FAILPOINTS, PassError, PassResult};
 
 use crate::invoke::Invoker;
 use crate::metrics::Metrics;
@@ -92,6 +97,8 @@ pub struct EngineOptions {
     pub alert_webhook: Option<String>,
     /// Alert once the retry count (log2 of interval / base) reaches this.
     pub alert_retry_limit: i64,
+    /// This replica's name: the prefix of the claim tokens its passes write to `owner`.
+    pub node_id: String,
 }
 
 impl Default for EngineOptions {
@@ -104,6 +111,7 @@ impl Default for EngineOptions {
             partitions: 64,
             alert_webhook: None,
             alert_retry_limit: 3,
+            node_id: "braid".to_owned(),
         }
     }
 }
@@ -205,13 +213,16 @@ pub(crate) struct Inner {
     pub(crate) clock: StoreClock,
     pub(crate) opts: EngineOptions,
     pub(crate) metrics: Arc<Metrics>,
-    inflight: Mutex<HashSet<Gid>>,
+    /// Passes running on this replica, with the token that cancels each.
+    inflight: Mutex<HashMap<Gid, CancellationToken>>,
     defaults: OnceLock<Arc<dyn OptionDefaults>>,
     events: broadcast::Sender<PassEvent>,
     tasks: TaskTracker,
+    /// Cancels every pass (shutdown); each pass's token is a child of it.
+    cancel: CancellationToken,
 }
 
-/// Removes a gid from the in-flight set when the pass ends, however it ends.
+/// Removes a gid from the in-flight map when the pass ends, however it ends.
 struct InflightGuard<'a> {
     inner: &'a Inner,
     gid: Gid,
@@ -244,10 +255,11 @@ impl Engine {
                 clock,
                 opts,
                 metrics,
-                inflight: Mutex::new(HashSet::new()),
+                inflight: Mutex::new(HashMap::new()),
                 defaults: OnceLock::new(),
                 events,
                 tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
             }),
         }
     }
@@ -288,11 +300,13 @@ impl Engine {
         self.inner
             .inflight
             .lock()
-            .map(|s| s.contains(gid))
+            .map(|s| s.contains_key(gid))
             .unwrap_or(false)
     }
 
-    /// Stops taking background passes and waits (up to `grace`) for the running ones.
+    /// Stops taking background passes and waits (up to `grace`) for the running ones; then cancels those
+    /// still running (they send nothing more and write nothing more; the recovery scan resumes them once
+    /// their claims run out) and waits for them to stop.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.tasks.close();
         if tokio::time::timeout(grace, self.inner.tasks.wait())
@@ -301,8 +315,27 @@ impl Engine {
         {
             tracing::warn!(
                 running = self.inner.tasks.len(),
-                "shutdown grace ended with passes still running; the recovery scan will resume them"
+                "shutdown grace ended with passes still running; cancelling them, the recovery scan will resume them"
             );
+            self.inner.cancel.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    running = self.inner.tasks.len(),
+                    "passes did not stop after being cancelled"
+                );
+            }
+        }
+    }
+
+    /// Cancels the pass of `gid` running on this replica, if any.
+    fn cancel_pass(&self, gid: &Gid) {
+        if let Ok(set) = self.inner.inflight.lock()
+            && let Some(token) = set.get(gid)
+        {
+            token.cancel();
         }
     }
 
@@ -374,12 +407,17 @@ impl Engine {
             version: Version(1),
             partition: Partition::of(&req.gid, self.inner.opts.partitions),
         };
-        // A prepared tcc/xa/msg needs nothing until its timeout: look at it exactly then.
-        if status == GlobalStatus::Prepared && req.trans_type != TransType::Workflow {
+        if status == GlobalStatus::Prepared {
+            // A prepared tcc/xa/msg needs nothing until its timeout: look at it exactly then.
             let timeout = txn.effective_timeout(self.inner.opts.timeout_to_fail);
-            if timeout > 0 {
+            if timeout > 0 && req.trans_type != TransType::Workflow {
                 txn.next_cron_time = Some(now.plus_secs(timeout));
             }
+        } else {
+            // A new submitted transaction is claimed by the first pass that the accepting replica runs.
+            txn.owner = driver::new_token(&self.inner.opts);
+            txn.next_cron_time =
+                Some(now.plus_secs(driver::claim_secs(&txn.options, &self.inner.opts)));
         }
         txn
     }
@@ -517,7 +555,7 @@ impl Engine {
         } else {
             None
         };
-        let (txn, branches) = if let Some(existing) = stored {
+        let (txn, branches, claimed) = if let Some(existing) = stored {
             self.submit_existing(&req, existing, now).await?
         } else {
             // What the insert protects: the transaction exists durably before any branch is called, so a
@@ -550,49 +588,78 @@ impl Engine {
                 });
             }
             match inserted {
-                WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches),
+                // The insert is the first pass's claim (`owner`, `next_cron_time`).
+                WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, branches, true),
                 WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
                     let existing = self.load(&req.gid).await?;
                     self.submit_existing(&req, existing, now).await?
                 }
             }
         };
+        fail::fail_point!("engine::after_submit_write", |_| Ok(
+            SubmitOutcome::Accepted
+        ));
         if wait || txn.options.wait_result {
-            Ok(SubmitOutcome::Processed(self.run_pass(txn, branches).await))
+            Ok(SubmitOutcome::Processed(
+                self.run_pass(txn, branches, claimed).await,
+            ))
         } else {
-            self.spawn_pass(txn, Some(branches));
+            self.spawn_pass(txn, Some(branches), claimed);
             Ok(SubmitOutcome::Accepted)
         }
     }
 
+    /// An API decision (`prepared -> submitted`, `prepared -> aborting`) that also claims the row for the pass
+    /// that follows it. Returns the row as the write leaves it (except its new version) and the write.
+    fn decide(
+        &self,
+        existing: GlobalTxn,
+        status: GlobalStatus,
+        reason: Option<String>,
+        now: Millis,
+    ) -> (GlobalTxn, TxnUpdate) {
+        let mut update = TxnUpdate::of(&existing, now);
+        update.status = Some(status);
+        update.rollback_reason.clone_from(&reason);
+        let base = self.base_interval(&existing.options);
+        let token = driver::new_token(&self.inner.opts);
+        let until = now.plus_secs(driver::claim_secs(&existing.options, &self.inner.opts));
+        update.schedule = Schedule::At {
+            interval: base,
+            at: until,
+        };
+        update.owner = Some(token.clone());
+        let rollback_reason = reason.unwrap_or_else(|| existing.rollback_reason.clone());
+        let txn = GlobalTxn {
+            status,
+            rollback_reason,
+            next_cron_interval: base,
+            next_cron_time: Some(until),
+            owner: token,
+            update_time: now,
+            ..existing
+        };
+        (txn, update)
+    }
+
     /// `submit` of a gid that exists: a prepared one becomes `submitted` (a durable write before any of its
     /// branches is called, so a crash cannot leave confirmed branches under a transaction the scan would
-    /// time out and cancel); a submitted one is processed again; any other status is refused.
+    /// time out and cancel; the write is also the claim of the pass that follows); a submitted one is
+    /// processed again by a pass that must first take the claim (it stops if another pass holds it); any
+    /// other status is refused. Returns the transaction, its branches and whether the pass holds the claim.
     async fn submit_existing(
         &self,
         req: &TxnRequest,
         existing: GlobalTxn,
         now: Millis,
-    ) -> Result<(GlobalTxn, Vec<Branch>)> {
+    ) -> Result<(GlobalTxn, Vec<Branch>, bool)> {
         match existing.status {
             GlobalStatus::Prepared => {
-                let mut update = TxnUpdate::of(&existing, now);
-                update.status = Some(GlobalStatus::Submitted);
-                let base = self.base_interval(&existing.options);
-                update.schedule = Schedule::At {
-                    interval: base,
-                    at: now.plus_secs(base),
-                };
+                let (txn, update) = self.decide(existing, GlobalStatus::Submitted, None, now);
                 match self.inner.writer.write(Write::Update(update)).await? {
                     WriteOutcome::Applied(version) => {
                         let branches = self.inner.store.find_branches(&req.gid).await?;
-                        let txn = GlobalTxn {
-                            status: GlobalStatus::Submitted,
-                            version,
-                            next_cron_interval: base,
-                            ..existing
-                        };
-                        Ok((txn, branches))
+                        Ok((GlobalTxn { version, ..txn }, branches, true))
                     }
                     WriteOutcome::Conflict | WriteOutcome::DuplicateBranch => {
                         Err(Error::Ongoing(format!(
@@ -604,7 +671,7 @@ impl Engine {
             }
             GlobalStatus::Submitted => {
                 let branches = self.inner.store.find_branches(&req.gid).await?;
-                Ok((existing, branches))
+                Ok((existing, branches, false))
             }
             other => Err(Error::Failure(format!(
                 "current status '{other}', cannot submit"
@@ -670,6 +737,8 @@ impl Engine {
                         .transactions_finished
                         .with_label_values(&["msg", "failed"])
                         .inc();
+                    // A back-check pass running here stops; one elsewhere loses its next write.
+                    self.cancel_pass(gid);
                     Ok(SubmitOutcome::Accepted)
                 }
                 _ => Err(Error::Ongoing(format!(
@@ -689,17 +758,12 @@ impl Engine {
                 existing.trans_type, existing.status
             )));
         }
-        let txn = if existing.status == GlobalStatus::Prepared {
-            let mut update = TxnUpdate::of(&existing, now);
-            update.status = Some(GlobalStatus::Aborting);
-            update.rollback_reason = Some(reason.clone());
+        // A prepared one is written `aborting` before any rollback call (and the write claims it for the
+        // pass); one that is `aborting` already is rolled back by a pass that must take the claim first.
+        let (txn, claimed) = if existing.status == GlobalStatus::Prepared {
+            let (txn, update) = self.decide(existing, GlobalStatus::Aborting, Some(reason), now);
             match self.inner.writer.write(Write::Update(update)).await? {
-                WriteOutcome::Applied(version) => GlobalTxn {
-                    status: GlobalStatus::Aborting,
-                    rollback_reason: reason,
-                    version,
-                    ..existing
-                },
+                WriteOutcome::Applied(version) => (GlobalTxn { version, ..txn }, true),
                 _ => {
                     return Err(Error::Ongoing(format!(
                         "transaction '{gid}' changed while being aborted; retry"
@@ -707,13 +771,15 @@ impl Engine {
                 }
             }
         } else {
-            existing
+            (existing, false)
         };
         let branches = self.inner.store.find_branches(gid).await?;
         if txn.options.wait_result {
-            Ok(SubmitOutcome::Processed(self.run_pass(txn, branches).await))
+            Ok(SubmitOutcome::Processed(
+                self.run_pass(txn, branches, claimed).await,
+            ))
         } else {
-            self.spawn_pass(txn, Some(branches));
+            self.spawn_pass(txn, Some(branches), claimed);
             Ok(SubmitOutcome::Accepted)
         }
     }
@@ -738,6 +804,9 @@ impl Engine {
                     .transactions_finished
                     .with_label_values(&[existing.trans_type.as_str(), "failed"])
                     .inc();
+                // A pass of it running here stops now; one on another replica stops at its next write
+                // (the version moved), which comes before any call its claim does not cover.
+                self.cancel_pass(gid);
                 return Ok(());
             }
         }
@@ -826,6 +895,8 @@ impl Engine {
             new_branches: branches,
             now,
             fence: None,
+            owner: None,
+            unclaimed_at: None,
         };
         match self.inner.writer.write(Write::Update(update)).await? {
             WriteOutcome::Applied(_) => Ok(()),
@@ -859,17 +930,28 @@ impl Engine {
     }
 
     /// Runs a pass in the background (tracked, so shutdown waits for it). Loads the branches if not given.
-    pub fn spawn_pass(&self, txn: GlobalTxn, branches: Option<Vec<Branch>>) {
-        self.spawn_pass_with(txn, branches, None);
+    /// `claimed`: whether the write that produced `txn` claimed it for this pass.
+    fn spawn_pass(&self, txn: GlobalTxn, branches: Option<Vec<Branch>>, claimed: bool) {
+        self.spawn_pass_inner(txn, branches, None, claimed);
     }
 
-    /// [`Engine::spawn_pass`] for the recovery scanner: the pass's write carries `fence` (see
-    /// [`Engine::run_pass_with`]).
+    /// Runs a pass of a transaction the recovery scanner claimed, in the background: `txn` is the row as the
+    /// claim left it, and the pass's writes carry `fence` (see [`Engine::run_pass_with`]).
     pub fn spawn_pass_with(
         &self,
         txn: GlobalTxn,
         branches: Option<Vec<Branch>>,
         fence: Option<Fence>,
+    ) {
+        self.spawn_pass_inner(txn, branches, fence, true);
+    }
+
+    fn spawn_pass_inner(
+        &self,
+        txn: GlobalTxn,
+        branches: Option<Vec<Branch>>,
+        fence: Option<Fence>,
+        claimed: bool,
     ) {
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
@@ -883,7 +965,7 @@ impl Engine {
                     }
                 },
             };
-            engine.run_pass_with(txn, branches, fence).await;
+            engine.run_pass_inner(txn, branches, fence, claimed).await;
         });
     }
 
@@ -905,26 +987,45 @@ impl Engine {
         }
     }
 
-    /// Runs one processing pass now. If a pass for this gid is already running here, waits for it and
-    /// reports its outcome instead of running a second one.
-    pub async fn run_pass(&self, txn: GlobalTxn, branches: Vec<Branch>) -> PassResult {
-        self.run_pass_with(txn, branches, None).await
+    /// Runs one processing pass now (see [`Engine::spawn_pass`] for `claimed`).
+    async fn run_pass(&self, txn: GlobalTxn, branches: Vec<Branch>, claimed: bool) -> PassResult {
+        self.run_pass_inner(txn, branches, None, claimed).await
     }
 
-    /// [`Engine::run_pass`] whose write is fenced: it applies only while the partition's stored epoch is
-    /// `fence`'s (the recovery scanner passes the epoch it owns the partition at).
+    /// Runs a pass of a transaction the recovery scanner claimed, now: `txn` is the row as the claim left it.
+    /// The pass's writes are fenced: they apply only while the partition's stored epoch is `fence`'s (the
+    /// epoch the scanner owns the partition at).
     pub async fn run_pass_with(
         &self,
         txn: GlobalTxn,
         branches: Vec<Branch>,
         fence: Option<Fence>,
     ) -> PassResult {
+        self.run_pass_inner(txn, branches, fence, true).await
+    }
+
+    /// Runs one pass now. If a pass for this gid is already running here, waits for it and reports its
+    /// outcome instead of running a second one.
+    async fn run_pass_inner(
+        &self,
+        txn: GlobalTxn,
+        branches: Vec<Branch>,
+        fence: Option<Fence>,
+        claimed: bool,
+    ) -> PassResult {
         let mut events = self.inner.events.subscribe();
-        let claimed = match self.inner.inflight.lock() {
-            Ok(mut set) => set.insert(txn.gid.clone()),
+        let cancel = self.inner.cancel.child_token();
+        let first = match self.inner.inflight.lock() {
+            Ok(mut set) => match set.entry(txn.gid.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(cancel.clone());
+                    true
+                }
+            },
             Err(_) => false,
         };
-        if !claimed {
+        if !first {
             loop {
                 match events.recv().await {
                     Ok(ev) if ev.gid == txn.gid => return ev.result,
@@ -956,7 +1057,7 @@ impl Engine {
             .engine_inflight
             .with_label_values(&[txn.trans_type.as_str()]);
         gauge.inc();
-        let result = driver::run(&self.inner, txn, branches, fence).await;
+        let result = driver::run(&self.inner, txn, branches, fence, claimed, cancel).await;
         gauge.dec();
         // Leave the in-flight set before announcing, so a waiter that missed the event can run its own pass.
         drop(guard);

@@ -3,12 +3,9 @@
 //! calls every `prepared` action (in order, stopping at the first that does not succeed; or all at once when
 //! `concurrent`). A msg never rolls back after submit: every failure is retried.
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-
-use super::driver::Pass;
+use super::driver::{Calls, Pass, Step};
 use crate::invoke::CallOutcome;
-use crate::model::{BranchStatus, GlobalStatus, Millis, Op};
+use crate::model::{BranchStatus, GlobalStatus, Op};
 
 /// `custom_data.delay` in seconds (0 when absent or unreadable).
 pub(crate) fn delay_secs(custom_data: &str) -> Result<i64, String> {
@@ -26,51 +23,51 @@ pub(crate) fn delay_secs(custom_data: &str) -> Result<i64, String> {
     }
 }
 
-pub(crate) async fn process(pass: &mut Pass<'_>) {
+pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
     if pass.txn.status == GlobalStatus::Prepared {
         if !pass.timed_out() {
             let timeout = pass.timeout_secs();
             pass.wake_at(pass.txn.create_time.plus_secs(timeout));
-            return;
+            return Ok(());
         }
         let url = pass.txn.query_prepared.clone();
-        let (_, outcome) = pass
-            .call_url(
-                url,
-                "00".to_owned(),
-                Op::Msg.as_str().to_owned(),
-                Vec::new(),
-            )
-            .await;
+        let outcome = pass
+            .call_url(url, "00", Op::Msg.as_str(), Vec::new())
+            .await?;
         match outcome {
-            CallOutcome::Success => pass.set_status(GlobalStatus::Submitted, None),
+            // The back-check's SUCCESS is a decision the actions depend on: it is durable before the first
+            // action is sent, so a concurrent `abort` cannot fail a message whose actions already run.
+            CallOutcome::Success => {
+                pass.set_status(GlobalStatus::Submitted, None);
+                pass.save().await?;
+            }
             CallOutcome::Failure(msg) => {
                 pass.set_status(
                     GlobalStatus::Failed,
                     Some(format!("query_prepared answered FAILURE: {msg}")),
                 );
-                return;
+                return Ok(());
             }
             // ONGOING from the back-check restarts the interval (not a fault of anyone).
             CallOutcome::Ongoing => {
                 pass.error = Some(super::PassError::Ongoing);
-                return;
+                return Ok(());
             }
             other @ CallOutcome::Error(_) => {
                 pass.note(&other);
-                return;
+                return Ok(());
             }
         }
     }
     if pass.txn.status != GlobalStatus::Submitted {
-        return;
+        return Ok(());
     }
     let delay = delay_secs(&pass.txn.custom_data).unwrap_or(0);
     if delay > 0 {
-        let due = Millis(pass.txn.create_time.0 + delay * 1000);
+        let due = pass.txn.create_time.plus_secs(delay);
         if pass.now < due {
             pass.wake_at(due);
-            return;
+            return Ok(());
         }
     }
     let todo: Vec<usize> = pass
@@ -81,13 +78,17 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
         .map(|(i, _)| i)
         .collect();
     if pass.txn.options.concurrent {
-        let mut calls: FuturesUnordered<_> = todo.iter().map(|&i| pass.call(i)).collect();
-        while let Some((idx, outcome)) = calls.next().await {
+        let mut calls = Calls::new();
+        for &i in &todo {
+            let call = pass.start(i).await?;
+            calls.push(call);
+        }
+        while let Some((idx, outcome)) = pass.next(&mut calls).await? {
             record(pass, idx, outcome);
         }
     } else {
         for i in todo {
-            let (idx, outcome) = pass.call(i).await;
+            let (idx, outcome) = pass.call(i).await?;
             if !record(pass, idx, outcome) {
                 break;
             }
@@ -101,6 +102,7 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
     if all_done {
         pass.set_status(GlobalStatus::Succeed, None);
     }
+    Ok(())
 }
 
 /// Records an action's answer; FAILURE is retried like an error. Returns whether it succeeded.

@@ -2,8 +2,13 @@
 //!
 //! Forward: run every runnable `prepared` action (sequential: after the previous one succeeded; concurrent:
 //! after its `orders` prerequisites succeeded). A FAILURE marks the action `failed` and turns the saga to
-//! `aborting`. ONGOING and errors leave the action `prepared` for the next pass, except under `retry_limit`,
-//! where it is retried at once until the limit is used up, and then the saga aborts.
+//! `aborting`. ONGOING and errors leave the action `prepared` for the next pass (after the retry interval,
+//! with backoff); under `retry_limit` each such pass counts one retry (stored in `retry_count`), and once the
+//! limit is used up the saga aborts. DTM retries at once in memory; braid waits, so a failing branch cannot
+//! make a pass spin.
+//!
+//! `aborting` is written (with the failed action, the reason and the retries used) before the first
+//! compensation is sent, so no later pass can run an action whose step may have been compensated.
 //!
 //! Backward: every action that may have run (finished, failed, started in this pass, or runnable now and so
 //! possibly started by an earlier pass whose answer was lost) gets its compensation, in reverse dependency
@@ -11,10 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-
-use super::driver::Pass;
+use super::driver::{Calls, Pass, Step};
 use crate::invoke::CallOutcome;
 use crate::model::{BranchStatus, GlobalStatus, Op};
 
@@ -116,7 +118,7 @@ fn build_steps(pass: &Pass<'_>) -> Steps {
     }
 }
 
-pub(crate) async fn process(pass: &mut Pass<'_>) {
+pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
     let steps = build_steps(pass);
     let n = steps.action.len();
     let status_of = |pass: &Pass<'_>, i: usize| pass.branches[steps.action[i]].status;
@@ -132,7 +134,7 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
     if pass.txn.status == GlobalStatus::Submitted && !any_failed(pass) {
         let mut running = vec![false; n];
         let mut blocked = vec![false; n];
-        let mut calls = FuturesUnordered::new();
+        let mut calls = Calls::new();
         loop {
             if pass.txn.status == GlobalStatus::Submitted && !any_failed(pass) {
                 for i in 0..n {
@@ -145,11 +147,12 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                     if runnable {
                         running[i] = true;
                         started[i] = true;
-                        calls.push(pass.call(steps.action[i]));
+                        let call = pass.start(steps.action[i]).await?;
+                        calls.push(call);
                     }
                 }
             }
-            let Some((idx, outcome)) = calls.next().await else {
+            let Some((idx, outcome)) = pass.next(&mut calls).await? else {
                 break;
             };
             let Some(i) = steps.action.iter().position(|&a| a == idx) else {
@@ -165,22 +168,21 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                     pass.set_status(GlobalStatus::Aborting, Some(reason));
                 }
                 other => {
+                    // Under `retry_limit` the action is retried by the next pass, after the retry interval
+                    // (with backoff) like any other retry; the count of retries used is stored with the
+                    // pass. Once it is used up, the saga rolls back.
+                    blocked[i] = true;
+                    pass.note(&other);
                     let limit = pass.txn.options.retry_limit;
                     if limit > 0 && pass.txn.status == GlobalStatus::Submitted {
                         if pass.txn.options.retry_count < limit {
                             pass.txn.options.retry_count += 1;
-                            running[i] = true;
-                            calls.push(pass.call(idx));
                         } else {
                             let reason = format!(
                                 "RetryCount is greater than RetryLimit, RetryLimit: {limit}"
                             );
                             pass.set_status(GlobalStatus::Aborting, Some(reason));
-                            pass.note(&other);
                         }
-                    } else {
-                        blocked[i] = true;
-                        pass.note(&other);
                     }
                 }
             }
@@ -189,7 +191,7 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
             && (0..n).all(|i| status_of(pass, i) == BranchStatus::Succeed)
         {
             pass.set_status(GlobalStatus::Succeed, None);
-            return;
+            return Ok(());
         }
     } else if pass.txn.status == GlobalStatus::Submitted && any_failed(pass) {
         // A failure recorded by an earlier pass whose status change was lost.
@@ -197,7 +199,7 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
     }
 
     if pass.txn.status != GlobalStatus::Aborting {
-        return;
+        return Ok(());
     }
     // Which actions may have run.
     let possibly_ran: Vec<bool> = (0..n)
@@ -221,9 +223,15 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
             dependents[p].push(j);
         }
     }
+    // The decision to roll back (with the failed action, the reason and the retries used) is durable before
+    // the first compensation is sent: from then on no pass runs an action of this saga again.
+    let needs_compensation = (0..n).any(|i| !comp_done(pass, i));
+    if needs_compensation && pass.txn.status != pass.durable_status() {
+        pass.save().await?;
+    }
     let mut running = vec![false; n];
     let mut blocked = vec![false; n];
-    let mut calls = FuturesUnordered::new();
+    let mut calls = Calls::new();
     loop {
         for i in 0..n {
             let runnable = !comp_done(pass, i)
@@ -232,10 +240,11 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
                 && dependents[i].iter().all(|&j| comp_done(pass, j));
             if runnable && let Some(c) = steps.compensate[i] {
                 running[i] = true;
-                calls.push(pass.call(c));
+                let call = pass.start(c).await?;
+                calls.push(call);
             }
         }
-        let Some((idx, outcome)) = calls.next().await else {
+        let Some((idx, outcome)) = pass.next(&mut calls).await? else {
             break;
         };
         let Some(i) = steps.compensate.iter().position(|&c| c == Some(idx)) else {
@@ -252,6 +261,7 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
     if (0..n).all(|i| comp_done(pass, i)) {
         pass.set_status(GlobalStatus::Failed, None);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,29 +3,39 @@
 //! every branch, including those whose try failed. Both walk the branches in reverse registration order and
 //! stop at the first that does not succeed; the next pass continues from there.
 
-use super::driver::Pass;
+use super::driver::{Pass, Step};
 use crate::model::{BranchStatus, GlobalStatus, Op};
 
-pub(crate) async fn process(pass: &mut Pass<'_>) {
-    phase_two(pass, Op::Confirm, Op::Cancel, true).await;
+pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
+    phase_two(pass, Op::Confirm, Op::Cancel, true).await
 }
 
 /// Shared by TCC and XA: time out a prepared transaction, then run `commit_op` or `rollback_op` on every
 /// branch not yet done, in reverse (`reverse = true`) or forward order.
-pub(crate) async fn phase_two(pass: &mut Pass<'_>, commit_op: Op, rollback_op: Op, reverse: bool) {
+///
+/// A timed-out `prepared` transaction is written `aborting` before its first rollback call: from then on a
+/// late `registerBranch` or `submit` is refused, so no branch is ever committed after another was rolled
+/// back. `submitted` and a client's `aborting` were written by the API before this pass began.
+pub(crate) async fn phase_two(
+    pass: &mut Pass<'_>,
+    commit_op: Op,
+    rollback_op: Op,
+    reverse: bool,
+) -> Step {
     if pass.txn.status == GlobalStatus::Prepared {
         if !pass.timed_out() {
             let timeout = pass.timeout_secs();
             pass.wake_at(pass.txn.create_time.plus_secs(timeout));
-            return;
+            return Ok(());
         }
         let reason = format!("Timeout after {} seconds", pass.timeout_secs());
         pass.set_status(GlobalStatus::Aborting, Some(reason));
+        pass.save().await?;
     }
     let (op, done) = match pass.txn.status {
         GlobalStatus::Submitted => (commit_op, GlobalStatus::Succeed),
         GlobalStatus::Aborting => (rollback_op, GlobalStatus::Failed),
-        _ => return,
+        _ => return Ok(()),
     };
     let mut order: Vec<usize> = (0..pass.branches.len())
         .filter(|&i| pass.branches[i].op == op)
@@ -37,13 +47,14 @@ pub(crate) async fn phase_two(pass: &mut Pass<'_>, commit_op: Op, rollback_op: O
         if pass.branches[i].status == BranchStatus::Succeed {
             continue;
         }
-        let (idx, outcome) = pass.call(i).await;
+        let (idx, outcome) = pass.call(i).await?;
         if outcome.is_success() {
             pass.set_branch(idx, BranchStatus::Succeed);
         } else {
             pass.note(&outcome);
-            return;
+            return Ok(());
         }
     }
     pass.set_status(done, None);
+    Ok(())
 }

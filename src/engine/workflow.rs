@@ -6,11 +6,11 @@
 use base64::Engine as _;
 use prost::Message as _;
 
-use super::driver::Pass;
+use super::driver::{Pass, Step};
 use crate::model::Protocol;
 use crate::proto::workflow::WorkflowData;
 
-pub(crate) async fn process(pass: &mut Pass<'_>) {
+pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
     let custom: serde_json::Value = serde_json::from_str(&pass.txn.custom_data).unwrap_or_default();
     let name = custom
         .get("name")
@@ -37,6 +37,7 @@ pub(crate) async fn process(pass: &mut Pass<'_>) {
     } else {
         (pass.txn.query_prepared.clone(), data)
     };
-    let (_, outcome) = pass.call_url(url, "00".to_owned(), name, body).await;
+    let outcome = pass.call_url(url, "00", &name, body).await?;
     pass.note(&outcome);
+    Ok(())
 }

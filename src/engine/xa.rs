@@ -4,7 +4,7 @@
 //! retried with backoff until its resource manager confirms; [`stuck_phase2`] counts such transactions for
 //! the `braid_xa_phase2_stuck_transactions` gauge, so nobody has to find them by hand (DTM #470).
 
-use super::driver::{Pass, base_interval};
+use super::driver::{Pass, Step, base_interval};
 use super::tcc::phase_two;
 use super::{EngineOptions, Inner};
 use crate::model::{GlobalStatus, Op, TransType};
@@ -13,8 +13,8 @@ use crate::store::{self, ScanFilter};
 /// Most XA transactions [`stuck_phase2`] looks at (newest first), to bound the cost of a scrape.
 const STUCK_SCAN_LIMIT: usize = 10_000;
 
-pub(crate) async fn process(pass: &mut Pass<'_>) {
-    phase_two(pass, Op::Commit, Op::Rollback, false).await;
+pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
+    phase_two(pass, Op::Commit, Op::Rollback, false).await
 }
 
 /// XA transactions in phase 2 (`submitted`: commit, `aborting`: rollback) whose last attempt did not land:
