@@ -9,6 +9,39 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The bounds of every input, checked at the API (`api/request.rs`) with a 400 naming the field. Each is at
+/// most the narrowest column of any store, so an input is accepted or refused the same on every store.
+pub mod limits {
+    /// Longest gid (the stores' gid column).
+    pub const MAX_GID: usize = 128;
+    /// Longest branch id.
+    pub const MAX_BRANCH_ID: usize = 128;
+    /// Longest branch, callback or subscriber URL (the branch URL column).
+    pub const MAX_URL: usize = 1024;
+    /// Longest topic name (the KV key column).
+    pub const MAX_TOPIC: usize = 128;
+    /// Most subscribers of one topic (a msg step to a topic becomes one branch per subscriber).
+    pub const MAX_SUBSCRIBERS: usize = 1000;
+    /// Longest subscriber remark.
+    pub const MAX_REMARK: usize = 1024;
+    /// Most steps (and payloads) of a saga or msg.
+    pub const MAX_STEPS: usize = 1000;
+    /// Most branch headers.
+    pub const MAX_HEADERS: usize = 64;
+    /// Longest branch header name.
+    pub const MAX_HEADER_NAME: usize = 256;
+    /// Longest branch header value.
+    pub const MAX_HEADER_VALUE: usize = 8192;
+    /// Largest `timeout_to_fail` and msg delay, in seconds (ten years).
+    pub const MAX_TIMEOUT_SECS: i64 = 10 * 365 * 24 * 3600;
+    /// Largest `request_timeout`, in seconds.
+    pub const MAX_REQUEST_TIMEOUT_SECS: i64 = 3600;
+    /// Largest `retry_interval`, in seconds (a day).
+    pub const MAX_RETRY_INTERVAL_SECS: i64 = 24 * 3600;
+    /// Largest `retry_limit`.
+    pub const MAX_RETRY_LIMIT: i64 = 1000;
+}
+
 /// A global transaction id, as the client chose it (or `newGid` made it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -16,7 +49,7 @@ pub struct Gid(String);
 
 impl Gid {
     /// The longest gid the stores accept (DTM's SQL column width).
-    pub const MAX_LEN: usize = 128;
+    pub const MAX_LEN: usize = limits::MAX_GID;
 
     /// Builds a gid the way DTM does: `\n`, `\r` and `;` are stripped. Fails on empty or overlong input.
     pub fn parse(raw: &str) -> Result<Self, String> {
@@ -163,7 +196,7 @@ impl Millis {
 
     /// Whole seconds elapsed from `earlier` to `self` (0 if negative).
     pub fn secs_since(self, earlier: Millis) -> i64 {
-        (self.0 - earlier.0).max(0) / 1000
+        self.0.saturating_sub(earlier.0).max(0) / 1000
     }
 
     /// RFC 3339 in the server's local offset with second precision, as DTM renders times.
@@ -412,7 +445,7 @@ impl GlobalTxn {
     /// `default_timeout` applies when the transaction has none, except for saga (0 = never).
     pub fn is_timed_out(&self, now: Millis, default_timeout: i64) -> bool {
         let timeout = self.effective_timeout(default_timeout);
-        timeout > 0 && now.0 - self.create_time.0 >= timeout * 1000
+        timeout > 0 && now.0.saturating_sub(self.create_time.0) >= timeout.saturating_mul(1000)
     }
 
     /// The timeout in seconds that applies to this transaction (0 = none).

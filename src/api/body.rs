@@ -7,15 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
-use axum::http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 
+use super::request::{self, BranchInput, BranchRequest, TransInput};
 use super::{Error, MAX_BODY_BYTES, Result};
-use crate::engine::{TxnRequest, validate_custom_data};
-use crate::model::{BranchId, Gid, Protocol, TransOptions, TransType};
-
-/// Longest URL accepted for a branch or a callback (the store column width).
-const MAX_URL: usize = 1024;
+use crate::engine::TxnRequest;
+use crate::model::{Gid, TransType};
 
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
@@ -113,118 +110,43 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 pub(crate) fn parse_gid(raw: &str) -> Result<Gid> {
-    if raw.is_empty() {
-        return Err(Error::BadRequest("field 'gid' is required".to_owned()));
-    }
-    Gid::parse(raw).map_err(|e| Error::BadRequest(format!("field 'gid': {e}")))
+    Ok(request::gid(raw)?)
 }
 
 pub(crate) fn parse_trans_type(raw: &str) -> Result<TransType> {
-    if raw.is_empty() {
-        return Err(Error::BadRequest(
-            "field 'trans_type' is required".to_owned(),
-        ));
-    }
-    raw.parse()
-        .map_err(|e| Error::BadRequest(format!("field 'trans_type': {e}")))
-}
-
-fn check_url(field: &str, url: &str) -> Result<()> {
-    if url.len() > MAX_URL {
-        return Err(Error::BadRequest(format!(
-            "field '{field}' is longer than {MAX_URL} bytes"
-        )));
-    }
-    Ok(())
-}
-
-/// Every branch header must be sendable: a bad name or value would fail every branch call, forever.
-fn check_headers(headers: &BTreeMap<String, String>) -> Result<()> {
-    for (name, value) in headers {
-        let problem = if HeaderName::from_bytes(name.as_bytes()).is_err() {
-            "is not a valid header name"
-        } else if HeaderValue::from_str(value).is_err() {
-            "has a value that is not a valid header value"
-        } else {
-            continue;
-        };
-        return Err(Error::BadRequest(format!(
-            "field 'branch_headers': '{name}' {problem}"
-        )));
-    }
-    Ok(())
+    Ok(request::trans_type(raw)?)
 }
 
 impl TransBody {
-    /// Validates and converts into an engine request.
-    pub(crate) fn into_request(self) -> Result<TxnRequest> {
-        let gid = parse_gid(&self.gid)?;
-        let trans_type = parse_trans_type(&self.trans_type)?;
-        let protocol = if self.protocol.is_empty() {
-            Protocol::Http
-        } else {
-            self.protocol
-                .parse()
-                .map_err(|e| Error::BadRequest(format!("field 'protocol': {e}")))?
-        };
-        for (name, v) in [
-            ("timeout_to_fail", self.timeout_to_fail),
-            ("request_timeout", self.request_timeout),
-            ("retry_interval", self.retry_interval),
-            ("retry_limit", self.retry_limit),
-        ] {
-            if v < 0 {
-                return Err(Error::BadRequest(format!(
-                    "field '{name}' must not be negative, got {v}"
-                )));
-            }
-        }
-        check_url("query_prepared", &self.query_prepared)?;
-        check_headers(&self.branch_headers)?;
-        for (i, step) in self.steps.iter().enumerate() {
-            for (k, v) in step {
-                if k != "data" {
-                    check_url(&format!("steps[{i}].{k}"), v)?;
-                }
-            }
-        }
-        validate_custom_data(trans_type, &self.custom_data, self.steps.len())
-            .map_err(Error::BadRequest)?;
-        Ok(TxnRequest {
-            gid,
-            trans_type,
+    /// The raw input of the one validation.
+    pub(crate) fn into_input(self) -> TransInput {
+        TransInput {
+            gid: self.gid,
+            trans_type: self.trans_type,
             steps: self.steps,
             payloads: self.payloads.into_iter().map(String::into_bytes).collect(),
             query_prepared: self.query_prepared,
             custom_data: self.custom_data,
-            protocol,
-            options: TransOptions {
-                wait_result: self.wait_result,
-                timeout_to_fail: self.timeout_to_fail,
-                request_timeout: self.request_timeout,
-                retry_interval: self.retry_interval,
-                branch_headers: self.branch_headers,
-                retry_limit: self.retry_limit,
-                retry_count: 0,
-                concurrent: self.concurrent,
-                ..TransOptions::default()
-            },
+            protocol: self.protocol,
+            wait_result: self.wait_result,
+            timeout_to_fail: self.timeout_to_fail,
+            request_timeout: self.request_timeout,
+            retry_interval: self.retry_interval,
+            retry_limit: self.retry_limit,
+            branch_headers: self.branch_headers,
+            concurrent: self.concurrent,
             rollback_reason: self.rollback_reason,
             req_extra: self.req_extra,
-        })
+        }
+    }
+
+    /// Validates and converts into an engine request.
+    pub(crate) fn into_request(self) -> Result<TxnRequest> {
+        Ok(self.into_input().validate()?)
     }
 }
 
-/// A registerBranch body: a flat object whose values are all strings.
-pub(crate) struct RegisterBody {
-    pub gid: Gid,
-    pub trans_type: TransType,
-    pub branch_id: BranchId,
-    pub data: Vec<u8>,
-    pub fields: BTreeMap<String, String>,
-}
-
-pub(crate) fn parse_register(bytes: &[u8]) -> Result<RegisterBody> {
+pub(crate) fn parse_register(bytes: &[u8]) -> Result<BranchRequest> {
     let map: serde_json::Map<String, serde_json::Value> = parse_json(bytes)?;
     let mut fields = BTreeMap::new();
     for (k, v) in map {
@@ -240,25 +162,16 @@ pub(crate) fn parse_register(bytes: &[u8]) -> Result<RegisterBody> {
             }
         }
     }
-    let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
-    let gid = parse_gid(&get("gid"))?;
-    let trans_type = parse_trans_type(&get("trans_type"))?;
-    let branch_id = get("branch_id");
-    if branch_id.is_empty() || branch_id.len() > 128 {
-        return Err(Error::BadRequest(
-            "field 'branch_id' is required (at most 128 bytes)".to_owned(),
-        ));
-    }
-    for k in ["confirm", "cancel", "url"] {
-        check_url(k, &get(k))?;
-    }
-    Ok(RegisterBody {
-        gid,
-        trans_type,
-        branch_id: BranchId::new(branch_id),
-        data: get("data").into_bytes(),
+    let take =
+        |fields: &mut BTreeMap<String, String>, k: &str| fields.remove(k).unwrap_or_default();
+    let input = BranchInput {
+        gid: take(&mut fields, "gid"),
+        trans_type: take(&mut fields, "trans_type"),
+        branch_id: take(&mut fields, "branch_id"),
+        data: take(&mut fields, "data").into_bytes(),
         fields,
-    })
+    };
+    Ok(input.validate()?)
 }
 
 /// A query parameter parsed as a number, with a 400 naming it when it is not one.
@@ -304,7 +217,7 @@ mod tests {
                 .unwrap();
         let req = body.into_request().unwrap();
         assert!(req.steps.is_empty());
-        assert_eq!(req.protocol, Protocol::Http);
+        assert_eq!(req.protocol, crate::model::Protocol::Http);
     }
 
     #[test]
@@ -327,35 +240,16 @@ mod tests {
     }
 
     #[test]
-    fn branch_headers_must_be_sendable() {
-        let parse = |headers: &str| {
-            let body = format!(r#"{{"gid":"g","trans_type":"saga","branch_headers":{headers}}}"#);
-            parse_json::<TransBody>(body.as_bytes())
-                .unwrap()
-                .into_request()
-        };
-        assert!(parse(r#"{"test_header":"test","X-Trace":"a b"}"#).is_ok());
-        for bad in [
-            r#"{"bad header":"x"}"#,
-            r#"{"":"x"}"#,
-            r#"{"x":"line\nbreak"}"#,
-        ] {
-            let err = parse(bad).unwrap_err();
-            assert!(err.to_string().contains("branch_headers"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
     fn register_branch_takes_string_values_only() {
         let err = parse_register(br#"{"gid":"g","trans_type":"tcc","branch_id":"01","x":1}"#)
             .err()
             .unwrap();
         assert!(err.to_string().contains("'x'"), "{err}");
         let ok = parse_register(
-            br#"{"gid":"g","trans_type":"tcc","branch_id":"01","data":"d","confirm":"u"}"#,
+            br#"{"gid":"g","trans_type":"tcc","branch_id":"01","data":"d","confirm":"http://u/c"}"#,
         )
         .unwrap();
         assert_eq!(ok.data, b"d");
-        assert_eq!(ok.fields["confirm"], "u");
+        assert_eq!(ok.fields["confirm"], "http://u/c");
     }
 }

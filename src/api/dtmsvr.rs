@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use super::body::{
     RawBody, TransBody, parse_gid, parse_json, parse_register, parse_trans_type, query_num,
 };
+use super::request::TopicInput;
 use super::{AppState, Error, Result, render};
 use crate::engine::{PassError, PassResult, SubmitOutcome};
-use crate::model::{Gid, GlobalStatus, Millis, Subscriber, TOPICS_CAT, TransType};
+use crate::model::{Gid, GlobalStatus, Millis, Subscriber, TOPICS_CAT, TransType, limits};
 use crate::store::ScanFilter;
 
 /// `{"dtm_result":"SUCCESS"}`.
@@ -87,7 +88,15 @@ fn pass_reply(result: PassResult) -> Result<()> {
         GlobalStatus::Failed => Err(rolled_back(result.rollback_reason)),
         _ => match result.error {
             Some(PassError::Ongoing) => Err(Error::Ongoing("ONGOING".to_owned())),
-            Some(PassError::Failure(m) | PassError::Error(m)) => Err(Error::Internal(m)),
+            Some(PassError::Failure(m)) => Err(Error::Internal(m)),
+            // A transport error (connection refused, a protocol error, ...) would tell any caller what
+            // listens where: the detail goes to the log, the caller gets a generic reason.
+            Some(PassError::Error(m)) => {
+                tracing::info!(error = %m, "a branch call of a wait_result submit failed");
+                Err(Error::Internal(
+                    "a branch call failed; the transaction will be retried".to_owned(),
+                ))
+            }
             None => Err(Error::Failure(format!(
                 "wait result not return success: status is '{}'",
                 result.status
@@ -336,11 +345,20 @@ pub(crate) async fn add_subscriber(
     url: &str,
     remark: &str,
 ) -> Result<()> {
-    if topic.is_empty() || url.is_empty() {
-        return Err(Error::BadRequest("topic and url are required".to_owned()));
+    TopicInput {
+        topic: topic.to_owned(),
+        url: url.to_owned(),
+        remark: remark.to_owned(),
     }
+    .validate()?;
     update_topic(s, topic, |subs| {
         let mut subs = subs.unwrap_or_default();
+        if subs.len() >= limits::MAX_SUBSCRIBERS {
+            return Err(Error::BadRequest(format!(
+                "field 'topic' has {} subscribers, the most a topic can have",
+                limits::MAX_SUBSCRIBERS
+            )));
+        }
         if subs.iter().any(|x| x.url == url) {
             return Err(Error::Failure(format!(
                 "this url exists: '{url}' already subscribes to topic '{topic}'"
@@ -365,8 +383,14 @@ async fn unsubscribe(
 
 /// Removes `url` from `topic`.
 pub(crate) async fn remove_subscriber(s: &AppState, topic: &str, url: &str) -> Result<()> {
-    if topic.is_empty() || url.is_empty() {
-        return Err(Error::BadRequest("topic and url are required".to_owned()));
+    let input = TopicInput {
+        topic: topic.to_owned(),
+        url: url.to_owned(),
+        remark: String::new(),
+    };
+    input.validate_topic()?;
+    if url.is_empty() {
+        return Err(Error::BadRequest("field 'url' is required".to_owned()));
     }
     update_topic(s, topic, |subs| {
         let Some(mut subs) = subs else {
@@ -391,6 +415,11 @@ async fn delete_topic(State(s): State<AppState>, Path(name): Path<String>) -> Re
 
 /// Deletes a topic.
 pub(crate) async fn remove_topic(s: &AppState, name: &str) -> Result<()> {
+    TopicInput {
+        topic: name.to_owned(),
+        ..TopicInput::default()
+    }
+    .validate_topic()?;
     if !s.engine.store().kv_delete(TOPICS_CAT, name).await? {
         return Err(Error::NotFound(format!("topic '{name}' not found")));
     }

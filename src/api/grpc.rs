@@ -9,9 +9,10 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::dtmsvr::{add_subscriber, remove_subscriber, remove_topic, submit_reply};
+use super::request::{self, BranchInput, Invalid, TransInput};
 use super::{AppState, Error};
-use crate::engine::{TxnRequest, validate_custom_data};
-use crate::model::{BranchId, Gid, Protocol, TransOptions, TransType};
+use crate::engine::TxnRequest;
+use crate::model::{Protocol, TransType};
 use crate::proto::dtmgimp::dtm_server::{Dtm, DtmServer};
 use crate::proto::dtmgimp::{
     DtmBranchRequest, DtmGidReply, DtmProgress, DtmProgressesReply, DtmRequest, DtmTopicRequest,
@@ -72,74 +73,45 @@ impl DtmService {
     }
 }
 
-fn bad(m: String) -> Status {
-    Status::invalid_argument(m)
+fn invalid(e: Invalid) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
-fn parse_gid(raw: &str) -> Result<Gid, Status> {
-    if raw.is_empty() {
-        return Err(bad("field 'Gid' is required".to_owned()));
-    }
-    Gid::parse(raw).map_err(|e| bad(format!("field 'Gid': {e}")))
-}
-
-fn parse_trans_type(raw: &str) -> Result<TransType, Status> {
-    if raw.is_empty() {
-        return Err(bad("field 'TransType' is required".to_owned()));
-    }
-    raw.parse()
-        .map_err(|e| bad(format!("field 'TransType': {e}")))
-}
-
-/// A `DtmRequest` as an engine request (protocol is always gRPC; bodies come from `BinPayloads`).
+/// A `DtmRequest` as the raw input of the one validation (protocol gRPC; bodies from `BinPayloads`).
+/// DTM's Go SDK sends `Steps` as the JSON text `"null"` for TCC, XA and workflow: no steps, as DTM reads it.
 fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
-    let gid = parse_gid(&r.gid)?;
-    let trans_type = parse_trans_type(&r.trans_type)?;
-    let steps: Vec<BTreeMap<String, String>> = if r.steps.trim().is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_str(&r.steps).map_err(|e| {
-            bad(format!(
-                "field 'Steps' is not a JSON array of string maps: {e}"
-            ))
-        })?
+    let steps: Vec<BTreeMap<String, String>> = match r.steps.trim() {
+        "" | "null" => Vec::new(),
+        text => serde_json::from_str::<Option<_>>(text)
+            .map_err(|e| {
+                invalid(Invalid {
+                    field: "steps".to_owned(),
+                    problem: format!("is not a JSON array of string maps: {e}"),
+                })
+            })?
+            .unwrap_or_default(),
     };
     let o = r.trans_options.unwrap_or_default();
-    for (name, v) in [
-        ("TimeoutToFail", o.timeout_to_fail),
-        ("RetryInterval", o.retry_interval),
-        ("RequestTimeout", o.request_timeout),
-        ("RetryLimit", o.retry_limit),
-    ] {
-        if v < 0 {
-            return Err(bad(format!(
-                "field 'TransOptions.{name}' must not be negative, got {v}"
-            )));
-        }
-    }
-    validate_custom_data(trans_type, &r.customed_data, steps.len()).map_err(bad)?;
-    Ok(TxnRequest {
-        gid,
-        trans_type,
+    TransInput {
+        gid: r.gid,
+        trans_type: r.trans_type,
         steps,
         payloads: r.bin_payloads,
         query_prepared: r.query_prepared,
         custom_data: r.customed_data,
-        protocol: Protocol::Grpc,
-        options: TransOptions {
-            wait_result: o.wait_result,
-            timeout_to_fail: o.timeout_to_fail,
-            request_timeout: o.request_timeout,
-            retry_interval: o.retry_interval,
-            branch_headers: o.branch_headers.into_iter().collect(),
-            retry_limit: o.retry_limit,
-            retry_count: 0,
-            concurrent: false,
-            ..TransOptions::default()
-        },
+        protocol: Protocol::Grpc.as_str().to_owned(),
+        wait_result: o.wait_result,
+        timeout_to_fail: o.timeout_to_fail,
+        request_timeout: o.request_timeout,
+        retry_interval: o.retry_interval,
+        retry_limit: o.retry_limit,
+        branch_headers: o.branch_headers.into_iter().collect(),
+        concurrent: false,
         rollback_reason: r.rollback_reason,
         req_extra: r.req_extra.into_iter().collect(),
-    })
+    }
+    .validate()
+    .map_err(invalid)
 }
 
 #[tonic::async_trait]
@@ -177,8 +149,8 @@ impl Dtm for DtmService {
     async fn abort(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
         self.tracked("abort", async move {
             let r = req.into_inner();
-            let gid = parse_gid(&r.gid)?;
-            let trans_type = parse_trans_type(&r.trans_type)?;
+            let gid = request::gid(&r.gid).map_err(invalid)?;
+            let trans_type = request::trans_type(&r.trans_type).map_err(invalid)?;
             submit_reply(
                 self.state
                     .engine
@@ -196,21 +168,18 @@ impl Dtm for DtmService {
     ) -> Result<Response<()>, Status> {
         self.tracked("registerbranch", async move {
             let r = req.into_inner();
-            let gid = parse_gid(&r.gid)?;
-            let trans_type = parse_trans_type(&r.trans_type)?;
-            if r.branch_id.is_empty() {
-                return Err(bad("field 'BranchID' is required".to_owned()));
+            let b = BranchInput {
+                gid: r.gid,
+                trans_type: r.trans_type,
+                branch_id: r.branch_id,
+                data: r.busi_payload,
+                fields: r.data.into_iter().collect(),
             }
-            let fields: BTreeMap<String, String> = r.data.into_iter().collect();
+            .validate()
+            .map_err(invalid)?;
             self.state
                 .engine
-                .register_branch(
-                    &gid,
-                    trans_type,
-                    BranchId::new(r.branch_id),
-                    r.busi_payload,
-                    &fields,
-                )
+                .register_branch(&b.gid, b.trans_type, b.branch_id, b.data, &b.fields)
                 .await?;
             Ok(Response::new(()))
         })

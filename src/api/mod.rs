@@ -8,6 +8,7 @@ mod dtmsvr;
 pub mod grpc;
 mod jsonrpc;
 mod render;
+mod request;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +122,12 @@ impl From<engine::Error> for Error {
                 Self::Internal("internal store error".to_owned())
             }
         }
+    }
+}
+
+impl From<request::Invalid> for Error {
+    fn from(e: request::Invalid) -> Self {
+        Self::BadRequest(e.to_string())
     }
 }
 

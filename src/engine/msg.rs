@@ -18,8 +18,13 @@ pub(crate) fn delay_secs(custom_data: &str) -> Result<i64, String> {
         None | Some(serde_json::Value::Null) => Ok(0),
         Some(d) => d
             .as_i64()
-            .filter(|d| *d >= 0)
-            .ok_or_else(|| "custom_data.delay must be a non-negative integer".to_owned()),
+            .filter(|d| (0..=crate::model::limits::MAX_TIMEOUT_SECS).contains(d))
+            .ok_or_else(|| {
+                format!(
+                    "custom_data.delay must be an integer from 0 to {}",
+                    crate::model::limits::MAX_TIMEOUT_SECS
+                )
+            }),
     }
 }
 
