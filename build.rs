@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // prost's codec, but a message that does not decode is `InvalidArgument` (src/proto.rs).
+        .codec_path("crate::proto::codec::StrictCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -5,11 +5,13 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::body::{TransBody, parse_gid, parse_register, parse_trans_type};
 use super::dtmsvr::submit_reply;
-use super::{AppState, Error};
+use super::{AppState, Error, MAX_BODY_BYTES};
 
 fn reply(id: &Value, result: Value, error: Option<(i64, String)>) -> Json<Value> {
     let error = error.map_or(
@@ -28,7 +30,27 @@ fn code_of(e: &Error) -> i64 {
     }
 }
 
-pub(crate) async fn handle(State(s): State<AppState>, body: Bytes) -> Json<Value> {
+pub(crate) async fn handle(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Json<Value> {
+    // Even a body that cannot be read (over the size limit) gets a JSON-RPC answer.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "invalid request: the body is larger than the limit of {MAX_BODY_BYTES} bytes"
+                )
+            } else {
+                format!(
+                    "invalid request: the body could not be read: {}",
+                    rejection.body_text()
+                )
+            };
+            return reply(&Value::Null, Value::Null, Some((-32600, message)));
+        }
+    };
     let Ok(envelope) = serde_json::from_slice::<Value>(&body) else {
         return reply(
             &Value::Null,
