@@ -402,10 +402,12 @@ async fn endpoint_slice_changes_move_calls_and_a_retry_avoids_the_failed_endpoin
         .await
         .unwrap();
     let mut n = 0;
+    let mut last = String::new();
     let reply = wait_for("calls to find no endpoints", || {
         n += 1;
         let g = gid(&format!("none-{n}"));
         let body = submit_wait(&g, 1);
+        last.clone_from(&g);
         let ts = &ts;
         async move {
             let (status, reply) = ts.post("submit", &body).await;
@@ -413,12 +415,16 @@ async fn endpoint_slice_changes_move_calls_and_a_retry_avoids_the_failed_endpoin
         }
     })
     .await;
+    // The caller gets a generic reason; the detail is in the pass's result (and the log).
+    assert_eq!(
+        reply["message"],
+        "a branch call failed; the transaction will be retried"
+    );
+    let pass = ts.wait_pass(&last).await;
+    let detail = format!("{:?}", pass.result.error);
     assert!(
-        reply["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("service 'orders' (Service shop/orders) has no ready endpoints"),
-        "{reply}"
+        detail.contains("service 'orders' (Service shop/orders) has no ready endpoints"),
+        "{detail}"
     );
     ts.stop().await;
 }

@@ -212,12 +212,12 @@ impl TestServer {
 
     /// Waits until a processing pass of `gid` has finished (DTM's `waitTransProcessed`). Passes run by
     /// [`Self::cron_once`] do not count: it waits for them itself and forgets their announcements.
-    pub async fn wait_pass(&self, gid: &str) {
+    pub async fn wait_pass(&self, gid: &str) -> braid::engine::PassEvent {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut events = self.events.lock().await;
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(ev)) if ev.gid.as_str() == gid => return,
+                Ok(Ok(ev)) if ev.gid.as_str() == gid => return ev,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
                     panic!("engine stopped while waiting for {gid}")
