@@ -6,7 +6,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::body::{TransBody, parse_gid, parse_register, parse_trans_type};
@@ -33,8 +34,9 @@ fn code_of(e: &Error) -> i64 {
 pub(crate) async fn handle(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Json<Value> {
-    // Even a body that cannot be read (over the size limit) gets a JSON-RPC answer.
+) -> Response {
+    // Even a body that cannot be read (over the size limit) gets a JSON-RPC answer; the connection
+    // closes after it, since the rest of the body was not read.
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -48,10 +50,15 @@ pub(crate) async fn handle(
                     rejection.body_text()
                 )
             };
-            return reply(&Value::Null, Value::Null, Some((-32600, message)));
+            let answer = reply(&Value::Null, Value::Null, Some((-32600, message)));
+            return ([(header::CONNECTION, "close")], answer).into_response();
         }
     };
-    let Ok(envelope) = serde_json::from_slice::<Value>(&body) else {
+    handle_body(&s, &body).await.into_response()
+}
+
+async fn handle_body(s: &AppState, body: &[u8]) -> Json<Value> {
+    let Ok(envelope) = serde_json::from_slice::<Value>(body) else {
         return reply(
             &Value::Null,
             Value::Null,

@@ -151,7 +151,39 @@ impl IntoResponse for Error {
                 json!({"message": m})
             }
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::PayloadTooLarge(_)) {
+            // The rest of the body was not read, so the connection cannot carry another request: say so,
+            // or a client that pools connections sends its next request into a closing socket.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
+    }
+}
+
+/// Every request parser and the validation on arbitrary bytes, for the `cargo fuzz` targets in `fuzz/`:
+/// none may panic, whatever the input.
+#[doc(hidden)]
+pub fn fuzz_request_parsers(bytes: &[u8]) {
+    use prost::Message as _;
+    if let Ok(body) = body::parse_json::<body::TransBody>(bytes) {
+        let _ = body.into_request();
+    }
+    let _ = body::parse_register(bytes);
+    if let Ok(r) = crate::proto::dtmgimp::DtmRequest::decode(bytes) {
+        let _ = grpc::to_request(r);
+    }
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let (topic, url) = text.split_once('\n').unwrap_or((text, ""));
+        let input = request::TopicInput {
+            topic: topic.to_owned(),
+            url: url.to_owned(),
+            remark: String::new(),
+        };
+        let _ = input.validate();
     }
 }
 
