@@ -16,6 +16,7 @@ pub fn free_port() -> u16 {
 pub struct BraidProcess {
     pub child: Child,
     pub port: u16,
+    pub grpc_port: u16,
     pub node_id: String,
     http: reqwest::Client,
 }
@@ -24,10 +25,11 @@ impl BraidProcess {
     /// Starts `braid serve` on `dsn` as `node_id` with `extra` flags, and waits until it answers.
     pub async fn spawn(dsn: &str, node_id: &str, extra: &[&str]) -> Self {
         let port = free_port();
+        let grpc_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_braid"))
             .args(["serve", "--bind", "127.0.0.1", "--store", dsn])
             .args(["--http-port", &port.to_string()])
-            .args(["--grpc-port", &free_port().to_string()])
+            .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--node-id", node_id, "--log-level", "warn"])
             .args(extra)
             .stdout(Stdio::null())
@@ -37,6 +39,7 @@ impl BraidProcess {
         let b = Self {
             child,
             port,
+            grpc_port,
             node_id: node_id.to_owned(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
