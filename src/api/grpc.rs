@@ -79,7 +79,7 @@ fn invalid(e: Invalid) -> Status {
 
 /// A `DtmRequest` as the raw input of the one validation (protocol gRPC; bodies from `BinPayloads`).
 /// DTM's Go SDK sends `Steps` as the JSON text `"null"` for TCC, XA and workflow: no steps, as DTM reads it.
-fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
+pub(crate) fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
     let steps: Vec<BTreeMap<String, String>> = match r.steps.trim() {
         "" | "null" => Vec::new(),
         text => serde_json::from_str::<Option<_>>(text)
