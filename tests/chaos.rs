@@ -93,6 +93,17 @@ struct Txn {
     expect: Option<&'static str>,
 }
 
+impl std::fmt::Display for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let acked = if self.acked { "acked" } else { "not acked" };
+        write!(
+            f,
+            "{} ({:?}, amount {}, {acked})",
+            self.gid, self.kind, self.amount
+        )
+    }
+}
+
 /// The replicas' API URLs by slot (a killed replica's until it is back on a new port).
 type Urls = Arc<RwLock<Vec<String>>>;
 
@@ -225,42 +236,51 @@ async fn replicas_killed_under_load_lose_nothing_and_money_is_conserved() {
         }
     }
 
-    assert!(idle, "bank calls still running 30 s after the drain");
-    assert!(
-        report.acked > 0 && (secs < 10 || kills > 0),
-        "the load did nothing: {} acknowledged, {kills} kills",
-        report.acked
-    );
-    assert!(
-        report.lost.is_empty(),
-        "seed {seed}: {} acknowledged transactions unknown to the server: {:?}",
-        report.lost.len(),
-        &report.lost[..report.lost.len().min(10)]
-    );
-    assert!(
-        report.stuck.is_empty(),
-        "seed {seed}: {} transactions not final after {DRAIN_LIMIT:?}: {:?}",
-        report.stuck.len(),
-        &report.stuck[..report.stuck.len().min(10)]
-    );
-    assert!(
-        report.wrong.is_empty(),
-        "seed {seed}: {} wrong outcomes: {:?}",
-        report.wrong.len(),
-        &report.wrong[..report.wrong.len().min(10)]
-    );
-    for (user, balance) in &balances {
-        assert_eq!(
-            *balance,
-            INITIAL_BALANCE + by_user.get(user).copied().unwrap_or(0),
-            "seed {seed}: user {user}'s balance disagrees with the ledger"
-        );
+    // Every check, so that one run shows all that broke.
+    let mut failures = Vec::new();
+    if !idle {
+        failures.push("bank calls still running 30 s after the drain".to_owned());
     }
-    assert_eq!(
-        total, initial_total,
-        "seed {seed}: money was created or destroyed"
+    if report.acked == 0 || (secs >= 10 && kills == 0) {
+        failures.push(format!(
+            "the load did nothing: {} acknowledged, {kills} kills",
+            report.acked
+        ));
+    }
+    for (what, list) in [
+        (
+            "acknowledged transactions unknown to the server",
+            &report.lost,
+        ),
+        ("transactions not final after the drain", &report.stuck),
+        ("wrong outcomes", &report.wrong),
+    ] {
+        if !list.is_empty() {
+            failures.push(format!(
+                "{} {what} (listed above), first: {}",
+                list.len(),
+                list[0]
+            ));
+        }
+    }
+    for (user, balance) in &balances {
+        let ledger = by_user.get(user).copied().unwrap_or(0);
+        if *balance != INITIAL_BALANCE + ledger {
+            failures.push(format!(
+                "user {user}'s balance {balance} disagrees with the ledger ({INITIAL_BALANCE} + {ledger})"
+            ));
+        }
+    }
+    if total != initial_total || balances.len() != USERS.len() {
+        failures.push(format!(
+            "money was created or destroyed: total {total}, initial {initial_total}"
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "seed {seed} ({secs} s): {}",
+        failures.join("; ")
     );
-    assert_eq!(balances.len(), USERS.len());
 
     drop_database(&dsn).await;
     bank.stop().await;
@@ -509,24 +529,23 @@ impl Report {
                 Some(Ok(Some(s))) => s.as_str(),
                 Some(Ok(None)) => {
                     if t.acked {
-                        r.lost.push(format!("{} {t:?}: unknown to query", t.gid));
+                        r.lost.push(format!("{t}: unknown to query"));
                     } else {
                         r.unacked_absent += 1;
                         if !effects.is_empty() {
                             r.wrong.push(format!(
-                                "{} {t:?}: unknown to the server, yet effects {effects:?}",
-                                t.gid
+                                "{t}: unknown to the server, yet effects {effects:?}"
                             ));
                         }
                     }
                     continue;
                 }
                 Some(Err(e)) => {
-                    r.stuck.push(format!("{} {t:?}: query failed: {e}", t.gid));
+                    r.stuck.push(format!("{t}: query failed: {e}"));
                     continue;
                 }
                 None => {
-                    r.stuck.push(format!("{} {t:?}: never queried", t.gid));
+                    r.stuck.push(format!("{t}: never queried"));
                     continue;
                 }
             };
@@ -534,7 +553,7 @@ impl Report {
                 r.unacked_known += 1;
             }
             if !is_final(status) {
-                r.stuck.push(format!("{} {t:?}: still {status}", t.gid));
+                r.stuck.push(format!("{t}: still {status}"));
                 continue;
             }
             if status == "succeed" {
@@ -546,12 +565,11 @@ impl Report {
                 && want != status
             {
                 r.wrong
-                    .push(format!("{} {t:?}: ended {status}, expected {want}", t.gid));
+                    .push(format!("{t}: ended {status}, expected {want}"));
             }
             if let Some(why) = effects_disagree(t, status, &effects) {
                 r.wrong.push(format!(
-                    "{} {t:?}: ended {status} but {why}; effects {effects:?}",
-                    t.gid
+                    "{t}: ended {status} but {why}; effects {effects:?}"
                 ));
             }
         }
