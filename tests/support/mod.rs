@@ -9,6 +9,7 @@
     clippy::unwrap_used
 )]
 
+pub mod bank;
 pub mod busi;
 pub mod grpc_busi;
 pub mod kube_api;
