@@ -8,6 +8,10 @@
 //!   cancel/rollback both reach one transaction; the final status is the one the scenario must reach; the
 //!   ledger holds every effect exactly once for `succeed` and none for `failed` (balances conserved);
 //!   nothing is left unfinished.
+//! - **Against a real barrier.** The saga scenarios again with the bank of `support::bank`: balances, the
+//!   SDK's barrier and a ledger in MariaDB; the ledger must show every action's effect exactly once for
+//!   `succeed` and nothing left for `failed`. Without the durable `aborting` before the first compensation,
+//!   a failing saga crashed after its compensations ends `succeed` here (the reported defect).
 //! - **One pass at a time.** A pass longer than the retry interval, with a second replica scanning the same
 //!   database, sends each call from one pass only.
 //! - **Decisions before phase two.** A branch that registers and a `submit` that arrive while the timeout
@@ -26,6 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
+use support::bank::{self, Bank, Faults};
 use support::{Backend, Busi, TestServer, busi, gid, saga_body, tcc_branch, test_config};
 
 /// The failpoint a submit meets between its durable write and the first pass.
@@ -516,4 +521,123 @@ async fn xa_late_register_and_submit_get_409_while_rolling_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcc_late_register_and_submit_get_409_while_rolling_back() {
     late_register_and_submit_are_refused("tcc").await;
+}
+
+/// A saga against the bank: accounts and the sub-transaction barrier in MariaDB, through the SDK.
+async fn bank_saga(ts: &TestServer, bank: &Bank, g: &str, concurrent: bool, fails: bool) {
+    let url = bank.url();
+    let mut body = json!({
+        "gid": g,
+        "trans_type": "saga",
+        "steps": [
+            {"action": format!("{url}/TransOut"), "compensate": format!("{url}/TransOutRevert")},
+            {"action": format!("{url}/TransIn"), "compensate": format!("{url}/TransInRevert")},
+        ],
+        "payloads": [json!({"amount": 30}).to_string(), json!({"amount": 30, "fail": fails}).to_string()],
+        "wait_result": true,
+    });
+    if concurrent {
+        body["custom_data"] = json!(r#"{"concurrent":true}"#);
+    }
+    ts.post("submit", &body).await;
+}
+
+/// The bank's ledger for `g` after recovery: a `succeed` saga has each action's effect exactly once and no
+/// compensation; a `failed` one has nothing left (what an action did, its compensation undid, each once).
+async fn check_bank(bank: &Bank, g: &str, status: &str, fails: bool, at: &str) {
+    assert_eq!(
+        status,
+        if fails { "failed" } else { "succeed" },
+        "crashed {at}"
+    );
+    let ledger: BTreeMap<(String, String), (i64, i64)> = bank
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|((gid, _, _), _)| gid == g)
+        .map(|((_, branch, op), a)| ((branch, op), (a.count, a.delta)))
+        .collect();
+    let key = |b: &str, op: &str| (b.to_owned(), op.to_owned());
+    if status == "succeed" {
+        let expected = BTreeMap::from([
+            (key("01", "action"), (1, -30)),
+            (key("02", "action"), (1, 30)),
+        ]);
+        assert_eq!(ledger, expected, "crashed {at}: every effect exactly once");
+    } else {
+        for ((branch, op), (count, _)) in &ledger {
+            assert_eq!(
+                *count, 1,
+                "crashed {at}: {branch}/{op} applied {count} times"
+            );
+        }
+        let net: i64 = ledger.values().map(|(_, d)| d).sum();
+        assert_eq!(net, 0, "crashed {at}: effects left behind: {ledger:?}");
+        for b in ["01", "02"] {
+            assert_eq!(
+                ledger.contains_key(&key(b, "action")),
+                ledger.contains_key(&key(b, "compensate")),
+                "crashed {at}: {b} has an action without its compensation or the reverse: {ledger:?}"
+            );
+        }
+    }
+    assert_eq!(
+        bank.total().await,
+        2 * bank::INITIAL_BALANCE,
+        "crashed {at}: money conserved"
+    );
+}
+
+/// The saga scenarios once more, against a real barrier in MariaDB instead of the in-memory ledger:
+/// every hit of every failpoint, sequential and concurrent, succeeding and failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_crash_points_hold_against_a_real_barrier() {
+    let _failpoints = fail::FailScenario::setup();
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let bank = Bank::start(1, Faults::none()).await;
+    let mut crashes = 0;
+    for (concurrent, fails) in [(false, false), (false, true), (true, false), (true, true)] {
+        let name = format!("bank-{}-{}", if concurrent { "conc" } else { "seq" }, fails);
+        let points: Vec<&'static str> = braid::engine::FAILPOINTS
+            .iter()
+            .copied()
+            .chain([SUBMIT_FAILPOINT])
+            .collect();
+        let counters: Vec<Arc<AtomicUsize>> = points.iter().map(|_| Arc::default()).collect();
+        for (p, c) in points.iter().zip(&counters) {
+            let c = c.clone();
+            fail::cfg_callback(*p, move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        }
+        let g = gid(&format!("{name}-count"));
+        bank_saga(&ts, &bank, &g, concurrent, fails).await;
+        for p in &points {
+            fail::remove(p);
+        }
+        let status = recover(&ts, &g).await;
+        check_bank(&bank, &g, &status, fails, "nowhere").await;
+        for (point, counter) in points.iter().zip(&counters) {
+            for skip in 0..counter.load(Ordering::SeqCst) {
+                let actions = if skip == 0 {
+                    "1*return->off".to_owned()
+                } else {
+                    format!("{skip}*off->1*return->off")
+                };
+                fail::cfg(*point, &actions).unwrap();
+                let g = gid(&name);
+                bank_saga(&ts, &bank, &g, concurrent, fails).await;
+                fail::remove(point);
+                let at = format!("{name} at {point} hit {}", skip + 1);
+                let status = recover(&ts, &g).await;
+                check_bank(&bank, &g, &status, fails, &at).await;
+                crashes += 1;
+            }
+        }
+    }
+    println!("bank sagas: {crashes} crash points recovered");
+    assert!(crashes > 20, "{crashes}");
+    bank.stop().await;
+    ts.stop().await;
 }
