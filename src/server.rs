@@ -105,6 +105,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// The lease keeper's handle (ownership and the cluster view).
     pub cluster: KeeperHandle,
+    /// The store clock the engine and the scanner read (tests move it forward).
+    pub clock: StoreClock,
     cancel: CancellationToken,
     keeper_cancel: CancellationToken,
     keeper: JoinHandle<()>,
@@ -301,6 +303,7 @@ impl Server {
             scanner,
             metrics,
             cluster,
+            clock,
             cancel,
             keeper_cancel,
             keeper,

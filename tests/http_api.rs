@@ -55,7 +55,7 @@ fn gids_of(reply: &Value) -> Vec<String> {
 
 /// The current time on the server's store clock, in ms.
 fn now_ms(ts: &TestServer) -> i64 {
-    ts.server.engine.clock().now().0
+    ts.server.clock.now().0
 }
 
 /// Prepares a msg with `timeout_to_fail` 1000: it sits with a `next_cron_time` far in the future.

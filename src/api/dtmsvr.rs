@@ -1,7 +1,6 @@
 //! Handlers of `/api/dtmsvr/*` (spec §4.1).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post};
@@ -13,9 +12,8 @@ use super::body::{
 };
 use super::request::TopicInput;
 use super::{AppState, Error, Result, render};
-use crate::engine::{PassError, PassResult, SubmitOutcome};
-use crate::model::{Gid, GlobalStatus, Millis, Subscriber, TOPICS_CAT, TransType, limits};
-use crate::store::ScanFilter;
+use crate::engine::{PassError, PassResult, SubmitOutcome, TxnFilter};
+use crate::model::{Gid, GlobalStatus, Millis, TransType};
 
 /// `{"dtm_result":"SUCCESS"}`.
 fn success() -> Json<Value> {
@@ -167,16 +165,10 @@ async fn query(
         ));
     }
     let gid = parse_gid(raw)?;
-    let store = s.engine.store();
-    let Some(txn) = store.find_txn(&gid).await? else {
+    let Some((txn, branches)) = s.engine.query(&gid).await? else {
         return Ok(Json(json!({"transaction": null, "branches": []})));
     };
-    let branches: Vec<Value> = store
-        .find_branches(&gid)
-        .await?
-        .iter()
-        .map(render::branch)
-        .collect();
+    let branches: Vec<Value> = branches.iter().map(render::branch).collect();
     Ok(Json(
         json!({"transaction": render::txn(&txn), "branches": branches}),
     ))
@@ -186,15 +178,9 @@ async fn all(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>> {
-    let store = s.engine.store();
     if let Some(raw) = q.get("gid").filter(|g| !g.is_empty()) {
         let gid = parse_gid(raw)?;
-        let found: Vec<Value> = store
-            .find_txn(&gid)
-            .await?
-            .iter()
-            .map(render::txn)
-            .collect();
+        let found: Vec<Value> = s.engine.find(&gid).await?.iter().map(render::txn).collect();
         return Ok(Json(json!({"transactions": found, "next_position": ""})));
     }
     let limit: u32 = query_num(&q, "limit", 100)?;
@@ -220,7 +206,7 @@ async fn all(
     let position: i64 = query_num(&q, "position", 0)?;
     let start: i64 = query_num(&q, "createTimeStart", 0)?;
     let end: i64 = query_num(&q, "createTimeEnd", 0)?;
-    let filter = ScanFilter {
+    let filter = TxnFilter {
         before_id: (position > 0).then_some(position),
         limit,
         status,
@@ -228,7 +214,7 @@ async fn all(
         create_time_start: (start > 0).then_some(Millis(start)),
         create_time_end: (end > 0).then_some(Millis(end)),
     };
-    let txns = store.scan_txns(&filter).await?;
+    let txns = s.engine.list(&filter).await?;
     let next = if txns.len() == limit as usize {
         txns.last().map(|t| t.id.to_string()).unwrap_or_default()
     } else {
@@ -250,12 +236,7 @@ async fn reset_cron_time(
             "query parameter 'limit' must be positive".to_owned(),
         ));
     }
-    let now = s.engine.clock().now();
-    let count = s
-        .engine
-        .store()
-        .reset_cron_time(now.plus_secs(timeout), now, limit)
-        .await?;
+    let count = s.engine.reset_cron_time(timeout, limit).await?;
     Ok(Json(
         json!({"has_remaining": count == u64::from(limit), "succeed_count": count}),
     ))
@@ -266,12 +247,7 @@ async fn reset_next_cron_time(
     RawBody(body): RawBody,
 ) -> Result<Json<Value>> {
     let gid = gid_of(&body)?;
-    if !s
-        .engine
-        .store()
-        .reset_next_cron_time(&gid, s.engine.clock().now())
-        .await?
-    {
+    if !s.engine.reset_next_cron_time(&gid).await? {
         return Err(Error::NotFound(format!("no transaction with gid '{gid}'")));
     }
     Ok(success())
@@ -282,49 +258,6 @@ fn required<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
         .map(String::as_str)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Error::BadRequest(format!("query parameter '{name}' is required")))
-}
-
-/// Serialises topic changes on this replica. Without it, concurrent subscribes to one topic race for its KV
-/// version and a request can lose every retry (20 at once did); with it, only other replicas can race, and the
-/// version check plus the retries below handle those.
-#[derive(Clone, Default)]
-pub(crate) struct TopicLock(Arc<tokio::sync::Mutex<()>>);
-
-/// Read-modify-write of a topic's subscriber list with the KV version as the guard; retried on lost races.
-pub(crate) async fn update_topic(
-    s: &AppState,
-    topic: &str,
-    change: impl Fn(Option<Vec<Subscriber>>) -> Result<Vec<Subscriber>>,
-) -> Result<()> {
-    let _serialised = s.topic_lock.0.lock().await;
-    let store = s.engine.store();
-    for _ in 0..10 {
-        let now = s.engine.clock().now();
-        let current = store.kv_find(TOPICS_CAT, topic).await?;
-        let subscribers =
-            match &current {
-                Some(kv) => Some(serde_json::from_str::<Vec<Subscriber>>(&kv.v).map_err(|e| {
-                    Error::Internal(format!("stored topic '{topic}' is corrupt: {e}"))
-                })?),
-                None => None,
-            };
-        let next = change(subscribers)?;
-        let text = serde_json::to_string(&next).map_err(|e| Error::Internal(e.to_string()))?;
-        let done = match &current {
-            Some(kv) => {
-                store
-                    .kv_update(TOPICS_CAT, topic, &text, kv.version, now)
-                    .await?
-            }
-            None => store.kv_create(TOPICS_CAT, topic, &text, now).await?,
-        };
-        if done {
-            return Ok(());
-        }
-    }
-    Err(Error::Ongoing(format!(
-        "topic '{topic}' is changing concurrently; retry"
-    )))
 }
 
 async fn subscribe(
@@ -351,26 +284,7 @@ pub(crate) async fn add_subscriber(
         remark: remark.to_owned(),
     }
     .validate()?;
-    update_topic(s, topic, |subs| {
-        let mut subs = subs.unwrap_or_default();
-        if subs.len() >= limits::MAX_SUBSCRIBERS {
-            return Err(Error::BadRequest(format!(
-                "field 'topic' has {} subscribers, the most a topic can have",
-                limits::MAX_SUBSCRIBERS
-            )));
-        }
-        if subs.iter().any(|x| x.url == url) {
-            return Err(Error::Failure(format!(
-                "this url exists: '{url}' already subscribes to topic '{topic}'"
-            )));
-        }
-        subs.push(Subscriber {
-            url: url.to_owned(),
-            remark: remark.to_owned(),
-        });
-        Ok(subs)
-    })
-    .await
+    Ok(s.engine.subscribe(topic, url, remark).await?)
 }
 
 async fn unsubscribe(
@@ -392,20 +306,7 @@ pub(crate) async fn remove_subscriber(s: &AppState, topic: &str, url: &str) -> R
     if url.is_empty() {
         return Err(Error::BadRequest("field 'url' is required".to_owned()));
     }
-    update_topic(s, topic, |subs| {
-        let Some(mut subs) = subs else {
-            return Err(Error::NotFound(format!("topic '{topic}' not found")));
-        };
-        let before = subs.len();
-        subs.retain(|x| x.url != url);
-        if subs.len() == before {
-            return Err(Error::NotFound(format!(
-                "url '{url}' does not subscribe to topic '{topic}'"
-            )));
-        }
-        Ok(subs)
-    })
-    .await
+    Ok(s.engine.unsubscribe(topic, url).await?)
 }
 
 async fn delete_topic(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
@@ -420,10 +321,7 @@ pub(crate) async fn remove_topic(s: &AppState, name: &str) -> Result<()> {
         ..TopicInput::default()
     }
     .validate_topic()?;
-    if !s.engine.store().kv_delete(TOPICS_CAT, name).await? {
-        return Err(Error::NotFound(format!("topic '{name}' not found")));
-    }
-    Ok(())
+    Ok(s.engine.delete_topic(name).await?)
 }
 
 async fn scan_kv(
@@ -440,7 +338,6 @@ async fn scan_kv(
     }
     let rows = s
         .engine
-        .store()
         .kv_scan(cat, (position > 0).then_some(position), limit)
         .await?;
     let next = if rows.len() == limit as usize {
@@ -458,11 +355,10 @@ async fn query_kv(
 ) -> Result<Json<Value>> {
     let cat = required(&q, "cat")?;
     let key = q.get("key").map(String::as_str).unwrap_or_default();
-    let store = s.engine.store();
     let rows = if key.is_empty() {
-        store.kv_scan(cat, None, 1000).await?
+        s.engine.kv_scan(cat, None, 1000).await?
     } else {
-        store.kv_find(cat, key).await?.into_iter().collect()
+        s.engine.kv_find(cat, key).await?.into_iter().collect()
     };
     let kv: Vec<Value> = rows.iter().map(render::kv).collect();
     Ok(Json(json!({"kv": kv})))

@@ -37,8 +37,6 @@ pub struct AppState {
     pub engine: Engine,
     /// The metrics.
     pub metrics: Arc<Metrics>,
-    /// Serialises topic read-modify-writes on this replica (the KV version still guards across replicas).
-    topic_lock: dtmsvr::TopicLock,
     /// The lease keeper (for `/api/braid/cluster`).
     pub cluster: KeeperHandle,
     /// Besides the store, what `/api/ready` waits for: (what, flag that turns true when ready).
@@ -51,7 +49,6 @@ impl AppState {
         Self {
             engine,
             metrics,
-            topic_lock: dtmsvr::TopicLock::default(),
             cluster,
             gates: Vec::new(),
         }
@@ -131,8 +128,8 @@ impl From<request::Invalid> for Error {
     }
 }
 
-impl From<crate::store::Error> for Error {
-    fn from(e: crate::store::Error) -> Self {
+impl From<engine::StoreError> for Error {
+    fn from(e: engine::StoreError) -> Self {
         engine::Error::Store(e).into()
     }
 }
@@ -227,14 +224,9 @@ async fn cluster_view(State(state): State<AppState>) -> axum::Json<crate::cluste
 /// gate (e.g. the first sync of the TransactionPolicies) is open; else 503 naming what is missing.
 /// `/api/ping` stays the liveness check: it answers whenever the process serves HTTP.
 async fn ready(State(state): State<AppState>) -> Response {
-    let ping = tokio::time::timeout(Duration::from_secs(2), state.engine.store().ping()).await;
-    let problem = match ping {
-        Err(_) => Some("the store did not answer within 2 s".to_owned()),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "readiness: store ping failed");
-            Some("the store is unavailable".to_owned())
-        }
-        Ok(Ok(())) => state
+    let problem = match state.engine.ready(Duration::from_secs(2)).await {
+        Err(problem) => Some(problem),
+        Ok(()) => state
             .gates
             .iter()
             .find(|(_, flag)| !flag.load(Ordering::Acquire))

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::keeper::KeeperHandle;
 use crate::engine::Engine;
-use crate::model::{Fence, Gid, short_uuid};
-use crate::store::{Claim, ClaimScope};
+use crate::engine::{ClaimScope, StoreError};
+use crate::model::{Fence, Gid};
 
 /// Scanner tuning.
 #[derive(Debug, Clone)]
@@ -82,7 +82,7 @@ impl Scanner {
 
     /// Claims one batch of due transactions and runs their passes; waits for them when `wait` is set
     /// (tests use that as DTM's `CronTransOnce`). Returns the claimed gids.
-    pub async fn scan_once(&self, wait: bool) -> crate::store::Result<Vec<Gid>> {
+    pub async fn scan_once(&self, wait: bool) -> Result<Vec<Gid>, StoreError> {
         let fences: Option<Vec<Fence>> = self
             .keeper
             .as_ref()
@@ -92,15 +92,10 @@ impl Scanner {
             Some(f) if f.is_empty() => return Ok(Vec::new()),
             Some(f) => ClaimScope::Fenced(f.clone()),
         };
-        let now = self.engine.clock().now();
-        let claim = Claim {
-            now,
-            lease_until: now.plus_secs(self.opts.lease_secs.max(1)),
-            owner: format!("{}:{}", self.opts.node_id, short_uuid()),
-            limit: self.opts.batch.max(1),
-            scope,
-        };
-        let claimed = self.engine.store().claim_due(&claim).await?;
+        let claimed = self
+            .engine
+            .claim_due(scope, self.opts.lease_secs, self.opts.batch)
+            .await?;
         let fence_of = |p| fences.iter().flatten().find(|f| f.partition == p).copied();
         for p in &claimed.stale {
             self.engine
@@ -130,7 +125,7 @@ impl Scanner {
                     let _permit = permit;
                     // A store error is not "no branches": a pass over none would finish the transaction
                     // without calling anything. Leave it; its claim runs out and a later scan retries it.
-                    match engine.store().find_branches(&txn.gid).await {
+                    match engine.load_branches(&txn.gid).await {
                         Ok(branches) => {
                             engine.run_pass_with(txn, branches, fence).await;
                         }
@@ -191,7 +186,7 @@ impl Scanner {
         self.engine.metrics().scanner_claimed.inc_by(n as u64);
     }
 
-    fn engine_metrics_error(&self, e: &crate::store::Error) {
+    fn engine_metrics_error(&self, e: &StoreError) {
         self.engine
             .metrics()
             .scanner_errors
@@ -201,22 +196,11 @@ impl Scanner {
 
     /// Re-anchors the clock and (on one replica) deletes finished transactions past their retention.
     async fn housekeeping(&self) {
-        if let Err(e) = self.engine.clock().resync(self.engine.store()).await {
-            tracing::warn!(error = %e, "re-reading the store clock failed");
-        }
-        if self.opts.retention_secs > 0 && self.does_housekeeping() {
-            let before = self
-                .engine
-                .clock()
-                .now()
-                .plus_secs(-self.opts.retention_secs);
-            match self.engine.store().delete_finished(before, 1000).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(deleted = n, "deleted finished transactions past retention")
-                }
-                Err(e) => tracing::warn!(error = %e, "retention cleanup failed"),
-            }
-        }
+        let retention = if self.does_housekeeping() {
+            self.opts.retention_secs
+        } else {
+            0
+        };
+        self.engine.housekeep(retention).await;
     }
 }

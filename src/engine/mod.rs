@@ -13,10 +13,12 @@
 //!   replica the in-flight map also keeps a second pass from starting.
 //! - `forceStop` and shutdown cancel the passes in flight on this replica.
 
+mod access;
 mod driver;
 mod msg;
 mod saga;
 mod tcc;
+mod topics;
 mod workflow;
 mod xa;
 
@@ -28,13 +30,16 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access::TxnFilter;
 pub use driver::{FAILPOINTS, PassError, PassResult};
+
+pub use crate::store::{ClaimScope, Claimed, Error as StoreError};
 
 use crate::invoke::Invoker;
 use crate::metrics::Metrics;
 use crate::model::{
     Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition,
-    Protocol, Subscriber, TOPIC_SCHEME, TOPICS_CAT, TransOptions, TransType, Version,
+    Protocol, TOPIC_SCHEME, TransOptions, TransType, Version,
 };
 use crate::store::clock::StoreClock;
 use crate::store::writer::WriterHandle;
@@ -220,6 +225,7 @@ pub(crate) struct Inner {
     tasks: TaskTracker,
     /// Cancels every pass (shutdown); each pass's token is a child of it.
     cancel: CancellationToken,
+    topic_lock: topics::TopicLock,
 }
 
 /// Removes a gid from the in-flight map when the pass ends, however it ends.
@@ -260,6 +266,7 @@ impl Engine {
                 events,
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
+                topic_lock: topics::TopicLock::default(),
             }),
         }
     }
@@ -268,16 +275,6 @@ impl Engine {
     /// when one was installed already.
     pub fn set_option_defaults(&self, defaults: Arc<dyn OptionDefaults>) -> bool {
         self.inner.defaults.set(defaults).is_ok()
-    }
-
-    /// The store clock.
-    pub fn clock(&self) -> &StoreClock {
-        &self.inner.clock
-    }
-
-    /// The store (for reads).
-    pub fn store(&self) -> &DynStore {
-        &self.inner.store
     }
 
     /// The metrics.
@@ -487,18 +484,6 @@ impl Engine {
             TransType::Tcc | TransType::Xa | TransType::Workflow => {}
         }
         Ok(out)
-    }
-
-    /// The subscribers of a topic.
-    pub async fn subscribers(&self, topic: &str) -> Result<Vec<Subscriber>> {
-        let Some(kv) = self.inner.store.kv_find(TOPICS_CAT, topic).await? else {
-            return Ok(Vec::new());
-        };
-        serde_json::from_str(&kv.v).map_err(|e| {
-            Error::Pass(format!(
-                "stored subscribers of topic '{topic}' are corrupt: {e}"
-            ))
-        })
     }
 
     async fn load(&self, gid: &Gid) -> Result<GlobalTxn> {

@@ -349,10 +349,7 @@ impl TestServer {
 
     /// Pretends `secs` seconds have passed (timeouts and schedules both see it).
     pub fn forward(&self, secs: u64) {
-        self.server
-            .engine
-            .clock()
-            .advance(Duration::from_secs(secs));
+        self.server.clock.advance(Duration::from_secs(secs));
     }
 
     /// Forwards time, then runs one scan; asserts that exactly `gid` was picked.
