@@ -118,6 +118,60 @@ pub struct ServeArgs {
     /// Group commit: milliseconds to wait for more writes after the first one (0: take what is queued).
     #[arg(long, env = "BRAID_WRITER_MAX_WAIT_MS")]
     pub writer_max_wait_ms: Option<u64>,
+    /// Group commit: most estimated bytes in one database transaction; a single write above it is refused
+    /// with 413 (default: the store's max_allowed_packet less a margin; 64Mi on SQLite).
+    #[arg(long, env = "BRAID_WRITER_MAX_BATCH_BYTES")]
+    pub writer_max_batch_bytes: Option<ByteSize>,
+}
+
+/// A byte count: a plain number, or a number with a unit as in Kubernetes quantities: `Ki`, `Mi`, `Gi`
+/// (powers of 1024) or `k`, `M`, `G` (powers of 1000). `256Mi` is 268435456.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let factor: u64 = match unit {
+            "" => 1,
+            "k" | "K" => 1000,
+            "M" => 1000 * 1000,
+            "G" => 1000 * 1000 * 1000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "'{s}': unknown unit '{other}' (use a number of bytes, or Ki, Mi, Gi, k, M, G)"
+                ));
+            }
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .map(Self)
+            .ok_or_else(|| format!("'{s}' is not a byte count (e.g. 1048576 or 64Mi)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Self(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// The YAML file: the same keys as the flags.
@@ -151,6 +205,7 @@ struct FileConfig {
     writer_pipeline: Option<usize>,
     writer_max_batch: Option<usize>,
     writer_max_wait_ms: Option<u64>,
+    writer_max_batch_bytes: Option<ByteSize>,
 }
 
 /// The resolved configuration.
@@ -208,6 +263,8 @@ pub struct Config {
     pub writer_max_batch: usize,
     /// Wait for more writes after the first of a batch, in ms.
     pub writer_max_wait_ms: u64,
+    /// Most estimated bytes per group commit (`None`: derived from the store's packet limit).
+    pub writer_max_batch_bytes: Option<u64>,
 }
 
 /// The embedded default store.
@@ -242,6 +299,7 @@ impl Default for Config {
             writer_pipeline: None,
             writer_max_batch: WriterOptions::default().max_batch,
             writer_max_wait_ms: 0,
+            writer_max_batch_bytes: None,
         }
     }
 }
@@ -453,6 +511,10 @@ impl Config {
                 .writer_max_wait_ms
                 .or(file.writer_max_wait_ms)
                 .unwrap_or(d.writer_max_wait_ms),
+            writer_max_batch_bytes: args
+                .writer_max_batch_bytes
+                .or(file.writer_max_batch_bytes)
+                .map(|b| b.0),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -515,6 +577,11 @@ impl Config {
                 "writer-max-batch and writer-pipeline must be at least 1".to_owned(),
             ));
         }
+        if self.writer_max_batch_bytes == Some(0) {
+            return Err(ConfigError(
+                "writer-max-batch-bytes must be at least 1".to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -553,13 +620,17 @@ impl Config {
         }
     }
 
-    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]).
-    pub fn writer_options(&self, kind: &str) -> WriterOptions {
+    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]) whose largest
+    /// statement is `max_packet` bytes ([`crate::store::Store::max_packet_bytes`]).
+    pub fn writer_options(&self, kind: &str, max_packet: Option<u64>) -> WriterOptions {
         let defaults = WriterOptions::for_store(kind);
         WriterOptions {
             max_batch: self.writer_max_batch,
             max_wait: Duration::from_millis(self.writer_max_wait_ms),
             pipeline: self.writer_pipeline.unwrap_or(defaults.pipeline),
+            max_batch_bytes: self
+                .writer_max_batch_bytes
+                .unwrap_or_else(|| WriterOptions::batch_bytes_for(max_packet)),
             ..defaults
         }
     }

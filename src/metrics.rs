@@ -31,6 +31,8 @@ pub struct Metrics {
     pub store_commit_errors: IntCounterVec,
     /// `braid_store_batch_size`: writes per committed batch.
     pub store_batch_size: Histogram,
+    /// `braid_store_batch_bytes`: estimated bytes per committed batch (kept under the writer's byte limit).
+    pub store_batch_bytes: Histogram,
     /// `braid_store_commit_duration_seconds`.
     pub store_commit_duration: Histogram,
     /// `braid_store_queue_depth`: writes waiting for the writer.
@@ -145,6 +147,13 @@ impl Metrics {
                     vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
                 ),
             )),
+            store_batch_bytes: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "braid_store_batch_bytes",
+                    "Estimated bytes per committed batch",
+                )
+                .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9).unwrap_or_default()),
+            )),
             store_commit_duration: must(Histogram::with_opts(
                 HistogramOpts::new(
                     "braid_store_commit_duration_seconds",
@@ -232,6 +241,7 @@ impl Metrics {
         reg(Box::new(m.store_commits.clone()));
         reg(Box::new(m.store_commit_errors.clone()));
         reg(Box::new(m.store_batch_size.clone()));
+        reg(Box::new(m.store_batch_bytes.clone()));
         reg(Box::new(m.store_commit_duration.clone()));
         reg(Box::new(m.store_queue_depth.clone()));
         reg(Box::new(m.scanner_claimed.clone()));

@@ -146,11 +146,21 @@ impl Server {
             .await
             .context("reading the store clock")?;
         let writer_cancel = CancellationToken::new();
-        let (writer, writer_handle) = Writer::new(
-            store.clone(),
-            config.writer_options(store.kind()),
-            metrics.clone(),
-        );
+        let max_packet = store
+            .max_packet_bytes()
+            .await
+            .context("reading the store's packet limit")?;
+        let writer_opts = config.writer_options(store.kind(), max_packet);
+        if let Some(packet) = max_packet
+            && writer_opts.max_batch_bytes > packet
+        {
+            tracing::warn!(
+                writer_max_batch_bytes = writer_opts.max_batch_bytes,
+                max_allowed_packet = packet,
+                "writer-max-batch-bytes is above the database's packet limit: large batches will fail"
+            );
+        }
+        let (writer, writer_handle) = Writer::new(store.clone(), writer_opts, metrics.clone());
         let writer = tokio::spawn(writer.run(writer_cancel.clone()));
         let kube_cancel = CancellationToken::new();
         let kube = match kube_client(config, &opts).await? {
