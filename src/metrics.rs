@@ -37,6 +37,15 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     /// `braid_store_queue_depth`: writes waiting for the writer.
     pub store_queue_depth: IntGauge,
+    /// `braid_api_rejected_total{transport,reason}`: requests refused with 503 before their body was read
+    /// (`reason`: `inflight_bytes`, `concurrent_requests`).
+    pub api_rejected: IntCounterVec,
+    /// `braid_api_inflight_bytes`: request body bytes held by requests in progress (HTTP and gRPC).
+    pub api_inflight_bytes: IntGauge,
+    /// `braid_api_inflight_requests`: requests in progress (ping, ready and metrics not counted).
+    pub api_inflight_requests: IntGauge,
+    /// `braid_api_connections{listener}`: open client connections (`http`, `grpc`).
+    pub api_connections: IntGaugeVec,
     /// `braid_scanner_claimed_total`: transactions claimed by the recovery scanner.
     pub scanner_claimed: IntCounter,
     /// `braid_scanner_errors_total{error}`.
@@ -165,6 +174,25 @@ impl Metrics {
                 "braid_store_queue_depth",
                 "Writes waiting for the writer",
             )),
+            api_rejected: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_api_rejected_total",
+                    "Requests refused with 503 because the server is at a load limit",
+                ),
+                &["transport", "reason"],
+            )),
+            api_inflight_bytes: must(IntGauge::new(
+                "braid_api_inflight_bytes",
+                "Request body bytes held by requests in progress",
+            )),
+            api_inflight_requests: must(IntGauge::new(
+                "braid_api_inflight_requests",
+                "Requests in progress",
+            )),
+            api_connections: must(IntGaugeVec::new(
+                Opts::new("braid_api_connections", "Open client connections"),
+                &["listener"],
+            )),
             scanner_claimed: must(IntCounter::new(
                 "braid_scanner_claimed_total",
                 "Transactions claimed by the recovery scanner",
@@ -244,6 +272,10 @@ impl Metrics {
         reg(Box::new(m.store_batch_bytes.clone()));
         reg(Box::new(m.store_commit_duration.clone()));
         reg(Box::new(m.store_queue_depth.clone()));
+        reg(Box::new(m.api_rejected.clone()));
+        reg(Box::new(m.api_inflight_bytes.clone()));
+        reg(Box::new(m.api_inflight_requests.clone()));
+        reg(Box::new(m.api_connections.clone()));
         reg(Box::new(m.scanner_claimed.clone()));
         reg(Box::new(m.scanner_errors.clone()));
         reg(Box::new(m.engine_inflight.clone()));

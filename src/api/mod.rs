@@ -7,6 +7,7 @@ mod body;
 mod dtmsvr;
 pub mod grpc;
 mod jsonrpc;
+pub mod limit;
 mod render;
 
 use std::sync::Arc;
