@@ -10,10 +10,12 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::api::limit::LimitOptions;
 use crate::cluster::scanner::ScannerOptions;
 use crate::cluster::{ClusterOptions, LeaseBackendKind, LeaseTiming};
 use crate::engine::EngineOptions;
 use crate::kube::{KubeMode, KubeOptions};
+use crate::listener::ListenerOptions;
 use crate::store::writer::WriterOptions;
 
 /// Log output format.
@@ -118,6 +120,79 @@ pub struct ServeArgs {
     /// Group commit: milliseconds to wait for more writes after the first one (0: take what is queued).
     #[arg(long, env = "BRAID_WRITER_MAX_WAIT_MS")]
     pub writer_max_wait_ms: Option<u64>,
+    /// Group commit: most estimated bytes in one database transaction; a single write above it is refused
+    /// with 413 (default: the store's max_allowed_packet less a margin; 64Mi on SQLite).
+    #[arg(long, env = "BRAID_WRITER_MAX_BATCH_BYTES")]
+    pub writer_max_batch_bytes: Option<ByteSize>,
+    /// Most request body bytes held by requests in progress (HTTP, JSON-RPC and gRPC together); beyond
+    /// it requests get 503 with Retry-After. A number of bytes, or with a unit: `64Mi`, `1Gi`.
+    #[arg(long, env = "BRAID_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<ByteSize>,
+    /// Most requests in progress at once (all APIs together); beyond it requests get 503 with Retry-After.
+    /// `/api/ping`, `/api/ready` and `/api/metrics` are not counted.
+    #[arg(long, env = "BRAID_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Most open client connections (HTTP and gRPC listeners together); further ones wait to be accepted.
+    #[arg(long, env = "BRAID_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers; also how long an HTTP/1 connection may idle
+    /// between requests.
+    #[arg(long, env = "BRAID_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a connection with no request in progress and no traffic stays open (HTTP/2 and gRPC
+    /// included).
+    #[arg(long, env = "BRAID_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+}
+
+/// A byte count: a plain number, or a number with a unit as in Kubernetes quantities: `Ki`, `Mi`, `Gi`
+/// (powers of 1024) or `k`, `M`, `G` (powers of 1000). `256Mi` is 268435456.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let factor: u64 = match unit {
+            "" => 1,
+            "k" | "K" => 1000,
+            "M" => 1000 * 1000,
+            "G" => 1000 * 1000 * 1000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "'{s}': unknown unit '{other}' (use a number of bytes, or Ki, Mi, Gi, k, M, G)"
+                ));
+            }
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .map(Self)
+            .ok_or_else(|| format!("'{s}' is not a byte count (e.g. 1048576 or 64Mi)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Self(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// The YAML file: the same keys as the flags.
@@ -151,6 +226,12 @@ struct FileConfig {
     writer_pipeline: Option<usize>,
     writer_max_batch: Option<usize>,
     writer_max_wait_ms: Option<u64>,
+    writer_max_batch_bytes: Option<ByteSize>,
+    max_inflight_bytes: Option<ByteSize>,
+    max_concurrent_requests: Option<usize>,
+    max_connections: Option<usize>,
+    header_read_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -208,7 +289,26 @@ pub struct Config {
     pub writer_max_batch: usize,
     /// Wait for more writes after the first of a batch, in ms.
     pub writer_max_wait_ms: u64,
+    /// Most estimated bytes per group commit (`None`: derived from the store's packet limit).
+    pub writer_max_batch_bytes: Option<u64>,
+    /// Most request body bytes held by requests in progress.
+    pub max_inflight_bytes: u64,
+    /// Most requests in progress.
+    pub max_concurrent_requests: usize,
+    /// Most open client connections.
+    pub max_connections: usize,
+    /// Header read timeout (s).
+    pub header_read_timeout: u64,
+    /// Idle connection timeout (s).
+    pub idle_timeout: u64,
 }
+
+/// Default of `--max-inflight-bytes`.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 32 * 1024 * 1024;
+/// Default of `--max-concurrent-requests`.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// The embedded default store.
 pub const DEFAULT_STORE: &str = "sqlite://braid-data/braid.db";
@@ -242,6 +342,12 @@ impl Default for Config {
             writer_pipeline: None,
             writer_max_batch: WriterOptions::default().max_batch,
             writer_max_wait_ms: 0,
+            writer_max_batch_bytes: None,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: 10,
+            idle_timeout: 60,
         }
     }
 }
@@ -453,6 +559,30 @@ impl Config {
                 .writer_max_wait_ms
                 .or(file.writer_max_wait_ms)
                 .unwrap_or(d.writer_max_wait_ms),
+            writer_max_batch_bytes: args
+                .writer_max_batch_bytes
+                .or(file.writer_max_batch_bytes)
+                .map(|b| b.0),
+            max_inflight_bytes: args
+                .max_inflight_bytes
+                .or(file.max_inflight_bytes)
+                .map_or(d.max_inflight_bytes, |b| b.0),
+            max_concurrent_requests: args
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(d.max_concurrent_requests),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            header_read_timeout: args
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(d.header_read_timeout),
+            idle_timeout: args
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(d.idle_timeout),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -515,6 +645,34 @@ impl Config {
                 "writer-max-batch and writer-pipeline must be at least 1".to_owned(),
             ));
         }
+        self.validate_limits()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let body = crate::api::MAX_BODY_BYTES as u64;
+        if self.max_inflight_bytes < body {
+            return Err(ConfigError(format!(
+                "max-inflight-bytes must be at least the largest request body ({body} bytes), got {}",
+                self.max_inflight_bytes
+            )));
+        }
+        for (name, v) in [
+            (
+                "max-concurrent-requests",
+                self.max_concurrent_requests as u64,
+            ),
+            ("max-connections", self.max_connections as u64),
+            ("header-read-timeout", self.header_read_timeout),
+            ("idle-timeout", self.idle_timeout),
+            (
+                "writer-max-batch-bytes",
+                self.writer_max_batch_bytes.unwrap_or(1),
+            ),
+        ] {
+            if v < 1 {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
         Ok(())
     }
 
@@ -553,14 +711,36 @@ impl Config {
         }
     }
 
-    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]).
-    pub fn writer_options(&self, kind: &str) -> WriterOptions {
+    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]) whose largest
+    /// statement is `max_packet` bytes ([`crate::store::Store::max_packet_bytes`]).
+    pub fn writer_options(&self, kind: &str, max_packet: Option<u64>) -> WriterOptions {
         let defaults = WriterOptions::for_store(kind);
         WriterOptions {
             max_batch: self.writer_max_batch,
             max_wait: Duration::from_millis(self.writer_max_wait_ms),
             pipeline: self.writer_pipeline.unwrap_or(defaults.pipeline),
+            max_batch_bytes: self
+                .writer_max_batch_bytes
+                .unwrap_or_else(|| WriterOptions::batch_bytes_for(max_packet)),
             ..defaults
+        }
+    }
+
+    /// The API load limits.
+    pub fn limit_options(&self) -> LimitOptions {
+        LimitOptions {
+            max_inflight_bytes: self.max_inflight_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_body_bytes: crate::api::MAX_BODY_BYTES as u64,
+        }
+    }
+
+    /// The listeners' connection limits.
+    pub fn listener_options(&self) -> ListenerOptions {
+        ListenerOptions {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
         }
     }
 
@@ -728,6 +908,67 @@ mod tests {
         };
         let err = Config::load_with(&bad, &env(&[])).unwrap_err().to_string();
         assert!(err.contains("partitions"), "{err}");
+    }
+
+    #[test]
+    fn load_limits_layer_and_take_units() {
+        let cfg = Config::load_with(&ServeArgs::default(), &env(&[])).unwrap();
+        assert_eq!(
+            (
+                cfg.max_inflight_bytes,
+                cfg.max_concurrent_requests,
+                cfg.max_connections
+            ),
+            (32 * 1024 * 1024, 1024, 4096)
+        );
+        assert_eq!(
+            cfg.writer_options("mysql", Some(16 << 20)).max_batch_bytes,
+            14 << 20
+        );
+        assert_eq!("256Mi".parse(), Ok(ByteSize(256 << 20)));
+        assert_eq!("2G".parse(), Ok(ByteSize(2_000_000_000)));
+        assert_eq!("4096".parse(), Ok(ByteSize(4096)));
+        assert!("12MB".parse::<ByteSize>().unwrap_err().contains("unit"));
+        assert!("Mi".parse::<ByteSize>().is_err());
+
+        let dir = std::env::temp_dir().join(format!("braid-cfg-{}", crate::model::short_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("braid.yaml");
+        std::fs::write(
+            &file,
+            "max-inflight-bytes: 64Mi\nmax-connections: 100\nwriter-max-batch-bytes: 1048576\nidle-timeout: 5\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            max_connections: Some(200),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(&args, &env(&[])).unwrap();
+        assert_eq!(cfg.max_inflight_bytes, 64 << 20);
+        assert_eq!(cfg.max_connections, 200, "the flag wins");
+        assert_eq!(cfg.writer_max_batch_bytes, Some(1 << 20));
+        assert_eq!(
+            cfg.writer_options("mysql", Some(16 << 20)).max_batch_bytes,
+            1 << 20,
+            "an explicit limit beats the derived one"
+        );
+        assert_eq!(cfg.listener_options().idle_timeout, Duration::from_secs(5));
+
+        let small = ServeArgs {
+            max_inflight_bytes: Some(ByteSize(1024)),
+            ..Default::default()
+        };
+        let err = Config::load_with(&small, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max-inflight-bytes"), "{err}");
+        let zero = ServeArgs {
+            max_concurrent_requests: Some(0),
+            ..Default::default()
+        };
+        let err = Config::load_with(&zero, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("max-concurrent-requests"), "{err}");
     }
 
     #[test]

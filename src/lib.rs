@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod invoke;
 pub mod kube;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod proto;

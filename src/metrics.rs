@@ -31,10 +31,21 @@ pub struct Metrics {
     pub store_commit_errors: IntCounterVec,
     /// `braid_store_batch_size`: writes per committed batch.
     pub store_batch_size: Histogram,
+    /// `braid_store_batch_bytes`: estimated bytes per committed batch (kept under the writer's byte limit).
+    pub store_batch_bytes: Histogram,
     /// `braid_store_commit_duration_seconds`.
     pub store_commit_duration: Histogram,
     /// `braid_store_queue_depth`: writes waiting for the writer.
     pub store_queue_depth: IntGauge,
+    /// `braid_api_rejected_total{transport,reason}`: requests refused with 503 before their body was read
+    /// (`reason`: `inflight_bytes`, `concurrent_requests`).
+    pub api_rejected: IntCounterVec,
+    /// `braid_api_inflight_bytes`: request body bytes held by requests in progress (HTTP and gRPC).
+    pub api_inflight_bytes: IntGauge,
+    /// `braid_api_inflight_requests`: requests in progress (ping, ready and metrics not counted).
+    pub api_inflight_requests: IntGauge,
+    /// `braid_api_connections{listener}`: open client connections (`http`, `grpc`).
+    pub api_connections: IntGaugeVec,
     /// `braid_scanner_claimed_total`: transactions claimed by the recovery scanner.
     pub scanner_claimed: IntCounter,
     /// `braid_scanner_errors_total{error}`.
@@ -145,6 +156,13 @@ impl Metrics {
                     vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
                 ),
             )),
+            store_batch_bytes: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "braid_store_batch_bytes",
+                    "Estimated bytes per committed batch",
+                )
+                .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9).unwrap_or_default()),
+            )),
             store_commit_duration: must(Histogram::with_opts(
                 HistogramOpts::new(
                     "braid_store_commit_duration_seconds",
@@ -155,6 +173,25 @@ impl Metrics {
             store_queue_depth: must(IntGauge::new(
                 "braid_store_queue_depth",
                 "Writes waiting for the writer",
+            )),
+            api_rejected: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_api_rejected_total",
+                    "Requests refused with 503 because the server is at a load limit",
+                ),
+                &["transport", "reason"],
+            )),
+            api_inflight_bytes: must(IntGauge::new(
+                "braid_api_inflight_bytes",
+                "Request body bytes held by requests in progress",
+            )),
+            api_inflight_requests: must(IntGauge::new(
+                "braid_api_inflight_requests",
+                "Requests in progress",
+            )),
+            api_connections: must(IntGaugeVec::new(
+                Opts::new("braid_api_connections", "Open client connections"),
+                &["listener"],
             )),
             scanner_claimed: must(IntCounter::new(
                 "braid_scanner_claimed_total",
@@ -232,8 +269,13 @@ impl Metrics {
         reg(Box::new(m.store_commits.clone()));
         reg(Box::new(m.store_commit_errors.clone()));
         reg(Box::new(m.store_batch_size.clone()));
+        reg(Box::new(m.store_batch_bytes.clone()));
         reg(Box::new(m.store_commit_duration.clone()));
         reg(Box::new(m.store_queue_depth.clone()));
+        reg(Box::new(m.api_rejected.clone()));
+        reg(Box::new(m.api_inflight_bytes.clone()));
+        reg(Box::new(m.api_inflight_requests.clone()));
+        reg(Box::new(m.api_connections.clone()));
         reg(Box::new(m.scanner_claimed.clone()));
         reg(Box::new(m.scanner_errors.clone()));
         reg(Box::new(m.engine_inflight.clone()));

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
+use crate::api::limit::Limiter;
 use crate::api::{self, AppState};
 use crate::cluster::keeper::{Keeper, KeeperHandle, KeeperOptions};
 use crate::cluster::scanner::Scanner;
@@ -26,6 +27,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::invoke::Invoker;
 use crate::kube::{KubeMode, KubeRuntime};
+use crate::listener::{self, ConnectionSlots, Listener};
 use crate::metrics::Metrics;
 use crate::store::clock::StoreClock;
 use crate::store::writer::Writer;
@@ -148,11 +150,21 @@ impl Server {
             .await
             .context("reading the store clock")?;
         let writer_cancel = CancellationToken::new();
-        let (writer, writer_handle) = Writer::new(
-            store.clone(),
-            config.writer_options(store.kind()),
-            metrics.clone(),
-        );
+        let max_packet = store
+            .max_packet_bytes()
+            .await
+            .context("reading the store's packet limit")?;
+        let writer_opts = config.writer_options(store.kind(), max_packet);
+        if let Some(packet) = max_packet
+            && writer_opts.max_batch_bytes > packet
+        {
+            tracing::warn!(
+                writer_max_batch_bytes = writer_opts.max_batch_bytes,
+                max_allowed_packet = packet,
+                "writer-max-batch-bytes is above the database's packet limit: large batches will fail"
+            );
+        }
+        let (writer, writer_handle) = Writer::new(store.clone(), writer_opts, metrics.clone());
         let writer = tokio::spawn(writer.run(writer_cancel.clone()));
         let kube_cancel = CancellationToken::new();
         let kube = match kube_client(config, &opts).await? {
@@ -238,13 +250,6 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
-        // axum does not set TCP_NODELAY: without it, a reply written in more than one segment can wait
-        // for the client's delayed ACK (up to 40 ms on Linux), which shows as a latency tail under load.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
-            }
-        });
         let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone());
         if let Some(k) = &kube {
             state = state.with_ready_gate(
@@ -252,17 +257,21 @@ impl Server {
                 k.ready_flag(),
             );
         }
-        let app = api::router(state.clone());
-        let http_cancel = cancel.clone();
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(http_cancel.clone().cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-                http_cancel.cancel();
-            }
-        });
+        // One set of load limits and connection slots for both listeners.
+        let limiter = Limiter::new(config.limit_options(), metrics.clone());
+        let listener_opts = config.listener_options();
+        listener::raise_fd_limit(listener_opts.max_connections);
+        let slots = ConnectionSlots::new(listener_opts.max_connections);
+        let app = limiter.http_layer().layer(api::router(state.clone()));
+        let http = tokio::spawn(
+            Listener::new(
+                "http",
+                slots.clone(),
+                listener_opts.clone(),
+                metrics.clone(),
+            )
+            .serve(listener, app, axum::body::Body::new, cancel.clone()),
+        );
         let grpc_addr: SocketAddr = format!("{}:{}", config.bind, config.grpc_port)
             .parse()
             .with_context(|| {
@@ -277,21 +286,15 @@ impl Server {
         let grpc_addr = grpc_listener
             .local_addr()
             .context("reading the gRPC listen address")?;
-        let grpc_service = api::grpc::service(state);
-        let grpc_cancel = cancel.clone();
-        let grpc = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(grpc_service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
-                    grpc_cancel.clone().cancelled_owned(),
-                )
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "gRPC server failed");
-                grpc_cancel.cancel();
-            }
-        });
+        let grpc_service = limiter.grpc_layer().layer(api::grpc::service(state));
+        let grpc = tokio::spawn(
+            Listener::new("grpc", slots, listener_opts, metrics.clone()).serve(
+                grpc_listener,
+                grpc_service,
+                tonic::body::Body::new,
+                cancel.clone(),
+            ),
+        );
         let scan = opts
             .scanner
             .then(|| tokio::spawn(scanner.clone().run(cancel.clone())));

@@ -175,6 +175,12 @@ fn default_render_is_valid_and_minimal() {
         "resources: [\"transactionpolicies/status\"]",
         "resources: [\"endpointslices\"]",
         "resources: [\"leases\"]",
+        // The load limits, and resources they fit in.
+        "name: BRAID_MAX_INFLIGHT_BYTES\n              value: \"32Mi\"",
+        "name: BRAID_MAX_CONCURRENT_REQUESTS\n              value: \"1024\"",
+        "name: BRAID_MAX_CONNECTIONS\n              value: \"4096\"",
+        "memory: 1Gi",
+        "memory: 256Mi",
     ] {
         assert!(
             yaml.contains(needle),
@@ -204,6 +210,9 @@ fn full_render_is_valid_and_has_every_optional_part() {
         "namespace: braid-leases",
         "path: /api/metrics",
         "release: prometheus",
+        "name: BRAID_MAX_INFLIGHT_BYTES\n              value: \"8Mi\"",
+        "name: BRAID_MAX_CONCURRENT_REQUESTS\n              value: \"256\"",
+        "name: BRAID_MAX_CONNECTIONS\n              value: \"1024\"",
     ] {
         assert!(yaml.contains(needle), "full render lacks {needle:?}");
     }

@@ -7,6 +7,7 @@ mod body;
 mod dtmsvr;
 pub mod grpc;
 mod jsonrpc;
+pub mod limit;
 mod render;
 mod request;
 
@@ -71,7 +72,8 @@ pub enum Error {
     /// No such thing: 404.
     #[error("{0}")]
     NotFound(String),
-    /// The request body is over [`MAX_BODY_BYTES`]: 413.
+    /// The request body is over [`MAX_BODY_BYTES`], or what it asks to store is over the store's batch
+    /// limit: 413.
     #[error("{0}")]
     PayloadTooLarge(String),
     /// DTM FAILURE: 409.
@@ -110,6 +112,10 @@ impl From<engine::Error> for Error {
             engine::Error::Failure(m) => Self::Failure(m),
             engine::Error::Ongoing(m) => Self::Ongoing(m),
             engine::Error::Pass(m) => Self::Internal(m),
+            // Too big for the store whatever the load: the client must send less, so not a 503.
+            engine::Error::Store(s @ crate::store::Error::TooLarge { .. }) => {
+                Self::PayloadTooLarge(s.to_string())
+            }
             engine::Error::Store(s) if s.is_retryable() => {
                 tracing::warn!(error = %s, "store unavailable");
                 Self::Unavailable("the store is unavailable; retry later".to_owned())

@@ -69,6 +69,18 @@ pub enum Error {
     /// The group-commit writer has stopped (the server is shutting down).
     #[error("store writer is not running")]
     WriterStopped,
+    /// One write is larger than the most the writer puts in one database transaction, so it can never be
+    /// stored (on MySQL a bigger statement would exceed `max_allowed_packet`). Nothing was written.
+    #[error(
+        "the write needs about {bytes} bytes in the store, over the limit of {limit} bytes per write \
+         (writer-max-batch-bytes; by default the database's max_allowed_packet less a margin)"
+    )]
+    TooLarge {
+        /// The write's estimated size ([`Write::estimated_bytes`]).
+        bytes: u64,
+        /// The writer's batch byte limit.
+        limit: u64,
+    },
 }
 
 impl Error {
@@ -117,6 +129,7 @@ impl Error {
             Self::Migrate(_) => "migrate",
             Self::Config(_) => "config",
             Self::WriterStopped => "writer_stopped",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -178,6 +191,60 @@ impl Write {
             Self::Update(u) => &u.gid,
         }
     }
+
+    /// About how many bytes the write's statements send to the database: every value it stores, plus a
+    /// fixed allowance per row for the numbers, enum values and the statement text. An upper estimate, so
+    /// the writer can keep a batch below the database's packet limit (see [`writer::WriterOptions`]).
+    pub fn estimated_bytes(&self) -> u64 {
+        let bytes = match self {
+            Self::Insert { txn, branches } => {
+                ROW_OVERHEAD
+                    + txn.gid.as_str().len()
+                    + txn.query_prepared.len()
+                    + txn.custom_data.len()
+                    + options_bytes(&txn.options)
+                    + txn.result.len()
+                    + txn.rollback_reason.len()
+                    + txn.owner.len()
+                    + branches.iter().map(branch_bytes).sum::<usize>()
+            }
+            Self::Update(u) => {
+                ROW_OVERHEAD
+                    + u.gid.as_str().len()
+                    + u.rollback_reason.as_ref().map_or(0, String::len)
+                    + u.result.as_ref().map_or(0, String::len)
+                    + u.options.as_ref().map_or(0, options_bytes)
+                    + u.owner.as_ref().map_or(0, String::len)
+                    + u.branches
+                        .iter()
+                        .map(|b| ROW_OVERHEAD + u.gid.as_str().len() + b.branch_id.as_str().len())
+                        .sum::<usize>()
+                    + u.new_branches.iter().map(branch_bytes).sum::<usize>()
+            }
+        };
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+}
+
+/// What [`Write::estimated_bytes`] allows per row besides its strings and payloads.
+const ROW_OVERHEAD: usize = 256;
+
+fn branch_bytes(b: &Branch) -> usize {
+    ROW_OVERHEAD
+        + b.gid.as_str().len()
+        + b.branch_id.as_str().len()
+        + b.url.len()
+        + b.bin_data.len()
+}
+
+/// The options JSON: the fixed fields fit in the row allowance; headers and the policy name add theirs.
+fn options_bytes(o: &TransOptions) -> usize {
+    ROW_OVERHEAD
+        + o.policy.len()
+        + o.branch_headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
 }
 
 /// A conditional update of a transaction row, its branches, and new branches, applied together or not at all.
@@ -372,6 +439,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The database's own clock, in ms since the epoch. Used to anchor [`clock::StoreClock`].
     async fn db_now(&self) -> Result<Millis>;
+
+    /// The largest statement, bound values included, the database accepts, when it has such a limit
+    /// (MySQL: `max_allowed_packet`, read from the server). `None` (the default, SQLite): no limit below
+    /// what memory allows. The group-commit writer keeps each batch below it.
+    async fn max_packet_bytes(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// Applies `writes` in one database transaction and returns one outcome per write, in order.
     /// `Err` means nothing was committed. Not idempotent: an `Update` applied twice bumps the version twice

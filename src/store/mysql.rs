@@ -168,6 +168,24 @@ mod tests {
         pool.close().await;
     }
 
+    /// The store reports the server's `max_allowed_packet`, which the writer's batches stay under.
+    #[tokio::test]
+    async fn reports_the_packet_limit() {
+        use crate::store::Store as _;
+        let db = crate::store::testing::mysql_store().await;
+        let store = SqlStore::open_mysql(&db.dsn).await.unwrap();
+        let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.max_packet_bytes().await.unwrap(),
+            Some(u64::try_from(packet).unwrap())
+        );
+        store.pool.close().await;
+        db.finish().await;
+    }
+
     /// Every connection is strict, so overlong values fail instead of being truncated.
     #[tokio::test]
     async fn connections_are_strict() {

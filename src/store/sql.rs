@@ -846,6 +846,20 @@ impl Store for SqlStore {
         Ok(Millis(row.try_get("now_ms")?))
     }
 
+    async fn max_packet_bytes(&self) -> Result<Option<u64>> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(None),
+            Dialect::Mysql => {
+                let sql = "SELECT CAST(@@max_allowed_packet AS SIGNED) AS packet";
+                let packet: i64 = sqlx::query(sql)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("packet")?;
+                Ok(u64::try_from(packet).ok())
+            }
+        }
+    }
+
     async fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
         let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
         let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];

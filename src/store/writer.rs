@@ -1,9 +1,9 @@
 //! Group commit: the single writer task of a store.
 //!
 //! Every durable state change in the server goes through a [`WriterHandle`]. The [`Writer`] task takes the
-//! first queued write, drains whatever else is already queued (up to `max_batch`, optionally waiting up to
-//! `max_wait` for more), applies the batch in one database transaction with [`Store::apply`](super::Store::apply), and only then
-//! answers each waiter. So:
+//! first queued write, drains whatever else is already queued (up to `max_batch` writes and `max_batch_bytes`
+//! estimated bytes, optionally waiting up to `max_wait` for more), applies the batch in one database
+//! transaction with [`Store::apply`](super::Store::apply), and only then answers each waiter. So:
 //! - no caller hears "done" before its write is durable;
 //! - under light load a batch is one write, so latency is one commit;
 //! - under heavy load one commit carries many transactions' changes.
@@ -14,6 +14,13 @@
 //! once, instead of one connection timeout per write.
 //! On shutdown the queue is closed, the batches in flight finish, the writes already queued are committed,
 //! and later calls get [`Error::WriterStopped`].
+//!
+//! Batch size in bytes: MySQL refuses a statement larger than `max_allowed_packet` and drops the connection,
+//! which would fail every write of the batch as "unavailable". The rows of a batch are inserted with
+//! multi-row statements, so the writer keeps each batch's estimated size ([`Write::estimated_bytes`]) under
+//! `max_batch_bytes` (by default the packet limit less a margin): a write that does not fit starts the next
+//! batch. A single write over the limit could never be stored; its caller gets [`Error::TooLarge`] at once
+//! and nothing is queued.
 //!
 //! Pipelining: with `pipeline > 1`, the writer collects and applies the next batch while earlier ones are
 //! still committing (each on a connection of its own), so the database's log flush of one batch overlaps
@@ -47,7 +54,13 @@ pub struct WriterOptions {
     /// Most batches committing at once (1: one after the other). More than one only helps a database
     /// that runs several write transactions at once (MySQL); SQLite has one writer at a time.
     pub pipeline: usize,
+    /// Most estimated bytes ([`Write::estimated_bytes`]) in one batch; a single write above it is refused
+    /// with [`Error::TooLarge`]. Default: [`WriterOptions::batch_bytes_for`] the store's packet limit.
+    pub max_batch_bytes: u64,
 }
+
+/// The batch byte limit of a store without a packet limit (SQLite), and the most any default allows.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for WriterOptions {
     fn default() -> Self {
@@ -56,6 +69,7 @@ impl Default for WriterOptions {
             max_wait: Duration::ZERO,
             queue: 8192,
             pipeline: 1,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
     }
 }
@@ -69,6 +83,19 @@ impl WriterOptions {
             ..Self::default()
         }
     }
+
+    /// The default batch byte limit for a database whose largest statement is `max_packet` bytes
+    /// ([`Store::max_packet_bytes`](super::Store::max_packet_bytes)): the packet less a margin of an
+    /// eighth (at least 64 KiB) for what the estimate does not count, and at most
+    /// [`DEFAULT_MAX_BATCH_BYTES`]. MariaDB's default 16 MiB packet gives 14 MiB.
+    pub fn batch_bytes_for(max_packet: Option<u64>) -> u64 {
+        match max_packet {
+            None => DEFAULT_MAX_BATCH_BYTES,
+            Some(packet) => packet
+                .saturating_sub((packet / 8).max(64 * 1024))
+                .clamp(1, DEFAULT_MAX_BATCH_BYTES),
+        }
+    }
 }
 
 /// How often a batch rolled back by a lock conflict is applied again before its waiters get the error.
@@ -76,6 +103,8 @@ const LOCK_CONFLICT_RETRIES: u32 = 5;
 
 struct Pending {
     write: Write,
+    /// Its [`Write::estimated_bytes`], computed once by the caller.
+    bytes: u64,
     reply: oneshot::Sender<Result<WriteOutcome>>,
 }
 
@@ -83,18 +112,35 @@ struct Pending {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Pending>,
+    max_batch_bytes: u64,
     metrics: Arc<Metrics>,
 }
 
 impl WriterHandle {
-    /// Queues `write` and waits until the batch holding it has committed.
+    /// Queues `write` and waits until the batch holding it has committed. A write larger than the batch
+    /// byte limit is refused at once with [`Error::TooLarge`] (nothing is queued or written).
     pub async fn write(&self, write: Write) -> Result<WriteOutcome> {
+        let bytes = write.estimated_bytes();
+        if bytes > self.max_batch_bytes {
+            self.metrics
+                .store_commit_errors
+                .with_label_values(&["too_large"])
+                .inc();
+            return Err(Error::TooLarge {
+                bytes,
+                limit: self.max_batch_bytes,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         // Reserve first and count after: a caller that gives up while the queue is full leaves no count
         // behind, and the count is up before the writer can take (and uncount) the write.
         let permit = self.tx.reserve().await.map_err(|_| Error::WriterStopped)?;
         self.metrics.store_queue_depth.inc();
-        permit.send(Pending { write, reply });
+        permit.send(Pending {
+            write,
+            bytes,
+            reply,
+        });
         rx.await.unwrap_or(Err(Error::WriterStopped))
     }
 }
@@ -117,6 +163,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let handle = WriterHandle {
             tx,
+            max_batch_bytes: opts.max_batch_bytes,
             metrics: metrics.clone(),
         };
         (
@@ -141,16 +188,30 @@ impl Writer {
         let committer = Committer { store, metrics };
         let pipeline = opts.pipeline.max(1);
         let mut inflight = FuturesUnordered::new();
+        // A write taken from the queue that did not fit in the batch before: it starts the next one.
+        let mut carry: Option<Pending> = None;
         loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if inflight.len() < pipeline
+                && let Some(first) = carry.take()
+            {
+                let (batch, rest) = collect(&mut rx, &opts, first).await;
+                carry = rest;
+                inflight.push(committer.commit(batch));
+                continue;
+            }
             // Cancellation first: under a steady stream of writes a receive-first select would never see it.
             // Whatever is queued at that point is committed by the flush below.
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 Some(()) = inflight.next(), if !inflight.is_empty() => {}
-                p = rx.recv(), if inflight.len() < pipeline => {
+                p = rx.recv(), if inflight.len() < pipeline && carry.is_none() => {
                     let Some(first) = p else { break };
-                    let batch = collect(&mut rx, &opts, first).await;
+                    let (batch, rest) = collect(&mut rx, &opts, first).await;
+                    carry = rest;
                     inflight.push(committer.commit(batch));
                 }
             }
@@ -158,24 +219,47 @@ impl Writer {
         while inflight.next().await.is_some() {}
         // Flush: nothing queued is dropped unanswered.
         rx.close();
-        while let Some(first) = rx.recv().await {
-            let batch = collect(&mut rx, &opts, first).await;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let (batch, rest) = collect(&mut rx, &opts, first).await;
+            carry = rest;
             committer.commit(batch).await;
         }
     }
 }
 
-/// Takes `first` and whatever else is queued (up to `max_batch`, waiting up to `max_wait` for more).
+/// Takes `first` and whatever else is queued (up to `max_batch` writes and `max_batch_bytes`, waiting up to
+/// `max_wait` for more). Returns the batch and the write that was taken but did not fit, if any.
 async fn collect(
     rx: &mut mpsc::Receiver<Pending>,
     opts: &WriterOptions,
     first: Pending,
-) -> Vec<Pending> {
+) -> (Vec<Pending>, Option<Pending>) {
+    let mut bytes = first.bytes;
     let mut batch = Vec::with_capacity(16);
     batch.push(first);
+    // Adds `p` unless it would take the batch over the byte limit; then hands it back.
+    let mut add = |batch: &mut Vec<Pending>, p: Pending| {
+        if bytes.saturating_add(p.bytes) > opts.max_batch_bytes {
+            return Some(p);
+        }
+        bytes += p.bytes;
+        batch.push(p);
+        None
+    };
     while batch.len() < opts.max_batch {
         match rx.try_recv() {
-            Ok(p) => batch.push(p),
+            Ok(p) => {
+                if let Some(over) = add(&mut batch, p) {
+                    return (batch, Some(over));
+                }
+            }
             Err(_) => break,
         }
     }
@@ -183,12 +267,16 @@ async fn collect(
         let deadline = Instant::now() + opts.max_wait;
         while batch.len() < opts.max_batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
+                Ok(Some(p)) => {
+                    if let Some(over) = add(&mut batch, p) {
+                        return (batch, Some(over));
+                    }
+                }
                 Ok(None) | Err(_) => break,
             }
         }
     }
-    batch
+    (batch, None)
 }
 
 /// What committing a batch needs (shared by the batches in flight).
@@ -220,6 +308,7 @@ impl Committer {
 
     async fn commit(&self, batch: Vec<Pending>) {
         self.metrics.store_queue_depth.sub(batch.len() as i64);
+        let bytes: u64 = batch.iter().map(|p| p.bytes).sum();
         let (writes, replies): (Vec<Write>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.reply)).unzip();
         let started = Instant::now();
@@ -231,6 +320,7 @@ impl Committer {
             Ok(outcomes) => {
                 self.metrics.store_commits.inc();
                 self.metrics.store_batch_size.observe(writes.len() as f64);
+                self.metrics.store_batch_bytes.observe(bytes as f64);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -310,6 +400,15 @@ mod tests {
         Write::Insert {
             txn: txn(g),
             branches: vec![branch(g, "01", Op::Action)],
+        }
+    }
+
+    fn insert_with_payload(g: &str, payload: usize) -> Write {
+        let mut b = branch(g, "01", Op::Action);
+        b.bin_data = vec![b'x'; payload];
+        Write::Insert {
+            txn: txn(g),
+            branches: vec![b],
         }
     }
 
@@ -463,6 +562,78 @@ mod tests {
 
         cancel.cancel();
         running.await.unwrap();
+    }
+
+    /// Batches stay under the byte limit (a write that does not fit starts the next batch) and every waiter is
+    /// answered; a write that can never fit is refused at once with `TooLarge`, naming the limit, and nothing
+    /// of it is stored.
+    async fn check_batches_by_bytes(db: &TestDb) {
+        let metrics = Arc::new(Metrics::new());
+        let one = insert_with_payload("gb-00", 10_000).estimated_bytes();
+        let limit = 3 * one + one / 2;
+        let opts = WriterOptions {
+            max_batch_bytes: limit,
+            ..WriterOptions::for_store(db.store.kind())
+        };
+        let (writer, handle) = Writer::new(db.store.clone(), opts, metrics.clone());
+        let names: Vec<String> = (0..10).map(|i| format!("gb-{i:02}")).collect();
+        let writes = names.iter().map(|g| insert_with_payload(g, 10_000));
+        let tasks = queue_all(&handle, writes.collect()).await;
+
+        let err = handle
+            .write(insert_with_payload("gb-huge", 40_000))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { bytes, limit: l } if l == limit && bytes > limit),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(err.metric_label(), "too_large");
+        assert!(err.to_string().contains(&limit.to_string()), "{err}");
+
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(writer.run(cancel.clone()));
+        let answers = answers(tasks).await;
+        assert_eq!(answers.len(), 10);
+        for (g, answer) in &answers {
+            assert_eq!(
+                *answer.as_ref().unwrap(),
+                WriteOutcome::Applied(Version(1)),
+                "{g}"
+            );
+        }
+        // Three writes per batch: 3 + 3 + 3 + 1.
+        assert_eq!(metrics.store_commits.get(), 4);
+        assert_eq!(metrics.store_batch_bytes.get_sample_count(), 4);
+        assert_eq!(
+            metrics.store_batch_bytes.get_sample_sum(),
+            (10 * one) as f64
+        );
+        assert_eq!(metrics.store_queue_depth.get(), 0);
+        assert_eq!(
+            stored_gids(db).await,
+            names.iter().cloned().collect::<BTreeSet<_>>()
+        );
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
+    #[test]
+    fn batch_bytes_leave_a_margin_under_the_packet() {
+        assert_eq!(
+            WriterOptions::batch_bytes_for(None),
+            DEFAULT_MAX_BATCH_BYTES
+        );
+        assert_eq!(
+            WriterOptions::batch_bytes_for(Some(16 * 1024 * 1024)),
+            14 * 1024 * 1024
+        );
+        assert_eq!(
+            WriterOptions::batch_bytes_for(Some(1024 * 1024 * 1024)),
+            DEFAULT_MAX_BATCH_BYTES
+        );
+        assert_eq!(WriterOptions::batch_bytes_for(Some(1024)), 1);
     }
 
     /// On cancel the writer commits what is queued, answers every waiter, and later writes are refused.
@@ -818,6 +989,7 @@ mod tests {
             mod $backend {
                 crate::store::testing::db_tests!($fresh;
                     check_batches_concurrent_writes,
+                    check_batches_by_bytes,
                     check_bad_write_does_not_fail_neighbours,
                     check_cancel_flushes_then_refuses,
                     check_stops_when_handles_drop,
