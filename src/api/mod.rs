@@ -113,7 +113,7 @@ impl From<engine::Error> for Error {
             engine::Error::Ongoing(m) => Self::Ongoing(m),
             engine::Error::Pass(m) => Self::Internal(m),
             // Too big for the store whatever the load: the client must send less, so not a 503.
-            engine::Error::Store(s @ crate::store::Error::TooLarge { .. }) => {
+            engine::Error::Store(s @ engine::StoreError::TooLarge { .. }) => {
                 Self::PayloadTooLarge(s.to_string())
             }
             engine::Error::Store(s) if s.is_retryable() => {
