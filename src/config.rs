@@ -553,7 +553,7 @@ impl Config {
         }
     }
 
-    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]).
+    /// The group-commit writer's part, for a store of `kind` ([`crate::store::StoreBase::kind`]).
     pub fn writer_options(&self, kind: &str) -> WriterOptions {
         let defaults = WriterOptions::for_store(kind);
         WriterOptions {

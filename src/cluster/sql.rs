@@ -1,6 +1,6 @@
 //! The `sql` lease backend: leases are rows of `braid_lease` in the shared store (see
-//! [`crate::store::Store::lease_acquire`]). Expiry is judged on the store clock, which every replica anchors
-//! to the database's clock, so hosts with skewed wall clocks agree on it.
+//! [`crate::store::LeaseStore::lease_acquire`]). Expiry is judged on the store clock, which every replica
+//! anchors to the database's clock, so hosts with skewed wall clocks agree on it.
 
 use std::str::FromStr;
 use std::time::Duration;
