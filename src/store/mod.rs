@@ -12,10 +12,9 @@
 //! [`Store`] is all of them together, implemented for every type that implements each, and [`DynStore`] is
 //! how the server shares one. Code that needs one concern can name just its trait (the `sql` lease backend
 //! holds an `Arc<dyn LeaseStore>`). The SQL backend implements each trait in the file of the same name under
-//! `sql/`.
+//! `sql/`, and the conformance suite checks each in the file of the same name under `conformance/`.
 //!
-//! Invariants every backend upholds besides those of each trait (the conformance suite in `conformance.rs`
-//! checks them too):
+//! Invariants every backend upholds besides those of each trait (the conformance suite checks them too):
 //! - **Nothing is truncated.** Payloads (`custom_data`, `options`, `result`, `rollback_reason`, `bin_data`,
 //!   KV values) hold at least 16 MiB on every backend. A value longer than a bounded column (MySQL: URLs and
 //!   `query_prepared` 1024, `owner` and KV keys 128, categories 64 characters) is refused with
