@@ -711,8 +711,8 @@ impl Config {
         }
     }
 
-    /// The group-commit writer's part, for a store of `kind` ([`crate::store::Store::kind`]) whose largest
-    /// statement is `max_packet` bytes ([`crate::store::Store::max_packet_bytes`]).
+    /// The group-commit writer's part, for a store of `kind` ([`crate::store::StoreBase::kind`]) whose largest
+    /// statement is `max_packet` bytes ([`crate::store::StoreBase::max_packet_bytes`]).
     pub fn writer_options(&self, kind: &str, max_packet: Option<u64>) -> WriterOptions {
         let defaults = WriterOptions::for_store(kind);
         WriterOptions {

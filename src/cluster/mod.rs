@@ -8,7 +8,7 @@
 //! - takes the **partition leases** assigned to it once they are free, and releases the ones now assigned
 //!   to another member;
 //! - on taking a partition, bumps the partition's **fencing epoch** in the store
-//!   ([`crate::store::Store::fence_partition`]);
+//!   ([`crate::store::ClaimStore::fence_partition`]);
 //! - scans only the partitions it owns ([`scanner`]), and every claim and every state change of the
 //!   scanner's passes carries the epoch, so the store refuses them once another replica has taken over.
 //!
@@ -280,7 +280,7 @@ pub struct ClusterOptions {
 #[async_trait]
 pub trait Fencing: Send + Sync + 'static {
     /// Bumps the epoch of `p` for `owner` and returns the new one (see
-    /// [`crate::store::Store::fence_partition`]).
+    /// [`crate::store::ClaimStore::fence_partition`]).
     async fn fence(&self, p: Partition, owner: &str) -> Result<LeaseEpoch>;
 }
 

@@ -1,26 +1,27 @@
 //! The `sql` lease backend: leases are rows of `braid_lease` in the shared store (see
-//! [`crate::store::Store::lease_acquire`]). Expiry is judged on the store clock, which every replica anchors
-//! to the database's clock, so hosts with skewed wall clocks agree on it.
+//! [`crate::store::LeaseStore::lease_acquire`]). Expiry is judged on the store clock, which every replica
+//! anchors to the database's clock, so hosts with skewed wall clocks agree on it.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::lease::{Holder, LeaseBackend, LeaseKey};
 use super::{Error, Identity, Result};
-use crate::store::DynStore;
+use crate::store::LeaseStore;
 use crate::store::clock::StoreClock;
 
 /// Leases in the store.
 pub struct SqlLeases {
-    store: DynStore,
+    store: Arc<dyn LeaseStore>,
     clock: StoreClock,
 }
 
 impl SqlLeases {
     /// Leases in `store`, times from `clock`.
-    pub fn new(store: DynStore, clock: StoreClock) -> Self {
+    pub fn new(store: Arc<dyn LeaseStore>, clock: StoreClock) -> Self {
         Self { store, clock }
     }
 }

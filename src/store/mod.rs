@@ -1,35 +1,44 @@
-//! The store contract: everything braid keeps durable goes through the [`Store`] trait.
+//! The store contract: everything braid keeps durable goes through it. The contract is one small trait per
+//! concern, each documenting its own rules, and every backend implements all of them:
 //!
-//! Invariants every backend upholds (the conformance suite in `conformance.rs` checks each of them):
-//! - **Writes are batched.** [`Store::apply`] takes a list of [`Write`]s and applies them in *one* database
-//!   transaction; each write gets its own [`WriteOutcome`]. A write that loses its condition does not affect the
-//!   others in the batch. If the call returns `Err`, nothing of the batch was committed.
-//! - **Every state change is a compare-and-set.** An [`Write::Update`] applies only when the row still has the
-//!   expected status (and version, when given); it then bumps the version by one. A lost race is
-//!   [`WriteOutcome::Conflict`], a normal result, never an error.
-//! - **Inserts are conditional.** [`Write::Insert`] of an existing gid is a `Conflict` and changes nothing.
-//! - **Final transactions are never scheduled.** A row whose status becomes `succeed` or `failed` gets
-//!   `next_cron_time = NULL`, so the recovery scan never sees it again.
-//! - **Nothing is truncated.** Payloads (`custom_data`, `options`, `result`, `rollback_reason`, `bin_data`, KV
-//!   values) hold at least 16 MiB on every backend. A value longer than a bounded column (MySQL: URLs and
+//! - [`StoreBase`]: the backend's name, a liveness check and the database's clock;
+//! - [`TxnStore`] (`txns.rs`): global transactions and their branches, written in batches of
+//!   compare-and-set writes, read by gid, listed in pages;
+//! - [`ClaimStore`] (`claims.rs`): the recovery scanner's claims of due transactions, and partition fencing;
+//! - [`LeaseStore`] (`leases.rs`): the leases of the `sql` lease backend;
+//! - [`KvStore`] (`kv.rs`): KV records (msg topics);
+//! - [`Maintenance`] (`maintenance.rs`): rescheduling by hand and the retention of finished transactions.
+//!
+//! [`Store`] is all of them together, implemented for every type that implements each, and [`DynStore`] is
+//! how the server shares one. Code that needs one concern can name just its trait (the `sql` lease backend
+//! holds an `Arc<dyn LeaseStore>`). The SQL backend implements each trait in the file of the same name under
+//! `sql/`, and the conformance suite checks each in the file of the same name under `conformance/`.
+//!
+//! Invariants every backend upholds besides those of each trait (the conformance suite checks them too):
+//! - **Nothing is truncated.** Payloads (`custom_data`, `options`, `result`, `rollback_reason`, `bin_data`,
+//!   KV values) hold at least 16 MiB on every backend. A value longer than a bounded column (MySQL: URLs and
 //!   `query_prepared` 1024, `owner` and KV keys 128, categories 64 characters) is refused with
 //!   [`Error::Query`], never cut short.
 //! - **One clock.** Times come from the store's [`clock::StoreClock`], anchored to the database's clock, not
 //!   from each host's wall clock.
-//! - **Fencing.** Every partition has an epoch ([`LeaseEpoch`]) that [`Store::fence_partition`] bumps when a
-//!   replica takes the partition over. A fenced write ([`TxnUpdate::fence`], [`ClaimScope::Fenced`]) checks
-//!   the stored epoch *inside the same database transaction* as its conditional write, holding a shared lock
-//!   on the partition row until commit, so an epoch bump is ordered either wholly before the write (which then
-//!   is `Conflict` / claims nothing there) or wholly after it. Writes without a fence (new transactions, API
-//!   calls) are guarded by the status and version compare-and-set alone.
-//! - **Leases.** The `sql` lease backend keeps its leases in the store ([`Store::lease_acquire`]): a lease is
-//!   taken only when it is free, expired on the caller's store clock, or already the caller's.
+//! - **Fencing.** Every partition has an epoch ([`LeaseEpoch`](crate::model::LeaseEpoch)) that
+//!   [`ClaimStore::fence_partition`] bumps when a replica takes the partition over. A fenced write
+//!   ([`TxnUpdate::fence`], [`ClaimScope::Fenced`]) checks the stored epoch *inside the same database
+//!   transaction* as its conditional write, holding a shared lock on the partition row until commit, so an
+//!   epoch bump is ordered either wholly before the write (which then is `Conflict` / claims nothing there)
+//!   or wholly after it. Writes without a fence (new transactions, API calls) are guarded by the status and
+//!   version compare-and-set alone.
 //!
-//! The group-commit [`writer::Writer`] sits in front of `apply` and is the only caller of it in the server.
+//! The group-commit [`writer::Writer`] sits in front of [`TxnStore::apply`] and is the only caller of it in
+//! the server.
 
+mod claims;
 pub mod clock;
 #[cfg(test)]
 pub mod conformance;
+mod kv;
+mod leases;
+mod maintenance;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 mod sql;
@@ -37,16 +46,21 @@ mod sql;
 pub mod sqlite;
 #[cfg(test)]
 pub mod testing;
+mod txns;
 pub mod writer;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{
-    Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, KvRecord, LeaseEpoch,
-    Millis, Op, Partition, TransOptions, TransType, Version,
+pub use self::claims::{Claim, ClaimScope, ClaimStore, Claimed, PartitionFence};
+pub use self::kv::KvStore;
+pub use self::leases::{LeaseRecord, LeaseStore};
+pub use self::maintenance::Maintenance;
+pub use self::txns::{
+    BranchUpdate, ScanFilter, Schedule, TxnStore, TxnUpdate, Write, WriteOutcome,
 };
+use crate::model::Millis;
 
 /// Errors of the store layer. Lost races are not errors (see [`WriteOutcome::Conflict`]).
 #[derive(Debug, thiserror::Error)]
@@ -169,268 +183,10 @@ fn is_transient_db_error(db: &dyn sqlx::error::DatabaseError) -> bool {
 /// `pub type Result` of the store layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// One change to apply atomically for one transaction.
-#[derive(Debug, Clone)]
-pub enum Write {
-    /// Insert a new global transaction and its branches. `Conflict` if the gid exists (nothing changes).
-    Insert {
-        /// The row (its `version` is stored as 1, `id` is assigned).
-        txn: GlobalTxn,
-        /// Its branches, stored in this order.
-        branches: Vec<Branch>,
-    },
-    /// A compare-and-set on an existing transaction.
-    Update(TxnUpdate),
-}
-
-impl Write {
-    /// The gid this write touches.
-    pub fn gid(&self) -> &Gid {
-        match self {
-            Self::Insert { txn, .. } => &txn.gid,
-            Self::Update(u) => &u.gid,
-        }
-    }
-
-    /// About how many bytes the write's statements send to the database: every value it stores, plus a
-    /// fixed allowance per row for the numbers, enum values and the statement text. An upper estimate, so
-    /// the writer can keep a batch below the database's packet limit (see [`writer::WriterOptions`]).
-    pub fn estimated_bytes(&self) -> u64 {
-        let bytes = match self {
-            Self::Insert { txn, branches } => {
-                ROW_OVERHEAD
-                    + txn.gid.as_str().len()
-                    + txn.query_prepared.len()
-                    + txn.custom_data.len()
-                    + options_bytes(&txn.options)
-                    + txn.result.len()
-                    + txn.rollback_reason.len()
-                    + txn.owner.len()
-                    + branches.iter().map(branch_bytes).sum::<usize>()
-            }
-            Self::Update(u) => {
-                ROW_OVERHEAD
-                    + u.gid.as_str().len()
-                    + u.rollback_reason.as_ref().map_or(0, String::len)
-                    + u.result.as_ref().map_or(0, String::len)
-                    + u.options.as_ref().map_or(0, options_bytes)
-                    + u.owner.as_ref().map_or(0, String::len)
-                    + u.branches
-                        .iter()
-                        .map(|b| ROW_OVERHEAD + u.gid.as_str().len() + b.branch_id.as_str().len())
-                        .sum::<usize>()
-                    + u.new_branches.iter().map(branch_bytes).sum::<usize>()
-            }
-        };
-        u64::try_from(bytes).unwrap_or(u64::MAX)
-    }
-}
-
-/// What [`Write::estimated_bytes`] allows per row besides its strings and payloads.
-const ROW_OVERHEAD: usize = 256;
-
-fn branch_bytes(b: &Branch) -> usize {
-    ROW_OVERHEAD
-        + b.gid.as_str().len()
-        + b.branch_id.as_str().len()
-        + b.url.len()
-        + b.bin_data.len()
-}
-
-/// The options JSON: the fixed fields fit in the row allowance; headers and the policy name add theirs.
-fn options_bytes(o: &TransOptions) -> usize {
-    ROW_OVERHEAD
-        + o.policy.len()
-        + o.branch_headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum::<usize>()
-}
-
-/// A conditional update of a transaction row, its branches, and new branches, applied together or not at all.
-#[derive(Debug, Clone)]
-pub struct TxnUpdate {
-    /// Which transaction.
-    pub gid: Gid,
-    /// Applies only while the stored status is this.
-    pub expect_status: GlobalStatus,
-    /// Applies only while the stored version is this (`None`: status check only, e.g. registerBranch).
-    pub expect_version: Option<Version>,
-    /// The new status, if it changes. A final status also sets `finish_time`/`rollback_time` and unschedules.
-    pub status: Option<GlobalStatus>,
-    /// New rollback reason.
-    pub rollback_reason: Option<String>,
-    /// New workflow result.
-    pub result: Option<String>,
-    /// New options (e.g. a saga's persisted `retry_count`).
-    pub options: Option<TransOptions>,
-    /// When the scanner should look next. Ignored when the row's status after the write is final (a new
-    /// final status, or an update of a row that already is final): a final row is never scheduled.
-    pub schedule: Schedule,
-    /// Status changes of existing branches, by (branch_id, op). One naming no stored branch changes nothing.
-    pub branches: Vec<BranchUpdate>,
-    /// Branches to append. If one already exists (same gid, branch_id, op), or the list names one twice, the
-    /// write is `DuplicateBranch` (when the condition holds; otherwise it is `Conflict`).
-    pub new_branches: Vec<Branch>,
-    /// The time of the change (`update_time`).
-    pub now: Millis,
-    /// Fencing: applies only while the stored epoch of this partition is the given one (else `Conflict`).
-    /// The recovery scanner's passes set it; `None` for writes that no partition owner makes (the API's).
-    pub fence: Option<Fence>,
-    /// Sets `owner`, the holder of the row's claim (see [`Claim`]): a pass's token while it runs, `""` when
-    /// it ends. `None` leaves it.
-    pub owner: Option<String>,
-    /// Applies only while nobody holds a live claim on the row at this time: its `owner` is empty, or it has
-    /// no `next_cron_time`, or that time is at or before this one (else `Conflict`). A pass that starts
-    /// without a claim (an API call re-running a transaction) takes one this way, so it never runs beside
-    /// another actor's pass.
-    pub unclaimed_at: Option<Millis>,
-}
-
-impl TxnUpdate {
-    /// An update of `txn` conditioned on its current status and version that changes nothing yet.
-    pub fn of(txn: &GlobalTxn, now: Millis) -> Self {
-        Self {
-            gid: txn.gid.clone(),
-            expect_status: txn.status,
-            expect_version: Some(txn.version),
-            status: None,
-            rollback_reason: None,
-            result: None,
-            options: None,
-            schedule: Schedule::Keep,
-            branches: Vec::new(),
-            new_branches: Vec::new(),
-            now,
-            fence: None,
-            owner: None,
-            unclaimed_at: None,
-        }
-    }
-}
-
-/// How an update changes the scan schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// Leave `next_cron_interval` and `next_cron_time` as stored.
-    Keep,
-    /// Set both.
-    At {
-        /// The retry interval in seconds from now on.
-        interval: i64,
-        /// When the scanner should pick it up.
-        at: Millis,
-    },
-}
-
-/// A status change of one branch op.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BranchUpdate {
-    /// Branch id.
-    pub branch_id: BranchId,
-    /// Op.
-    pub op: Op,
-    /// New status (`succeed` sets `finish_time`, `failed` sets `rollback_time`).
-    pub status: BranchStatus,
-}
-
-/// What happened to one write of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Committed; the row now has this version.
-    Applied(Version),
-    /// The condition did not hold (gid exists / status or version moved / row missing); nothing changed.
-    Conflict,
-    /// The condition held but a new branch already exists; nothing changed.
-    DuplicateBranch,
-}
-
-/// Filter and page for listing transactions (`/all`). Newest first by id.
-#[derive(Debug, Clone, Default)]
-pub struct ScanFilter {
-    /// Only ids below this (the cursor).
-    pub before_id: Option<i64>,
-    /// Page size.
-    pub limit: u32,
-    /// Only this status.
-    pub status: Option<GlobalStatus>,
-    /// Only this type.
-    pub trans_type: Option<TransType>,
-    /// Created at or after.
-    pub create_time_start: Option<Millis>,
-    /// Created at or before.
-    pub create_time_end: Option<Millis>,
-}
-
-/// A batch claim of due transactions by the recovery scanner.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// Transactions with `next_cron_time <= now` are due.
-    pub now: Millis,
-    /// Claimed rows get `next_cron_time = lease_until` (so no other scanner takes them meanwhile).
-    pub lease_until: Millis,
-    /// Written to `owner` of claimed rows: the claim's holder until `lease_until`.
-    pub owner: String,
-    /// At most this many.
-    pub limit: u32,
-    /// Which partitions, and whether fenced.
-    pub scope: ClaimScope,
-}
-
-/// Which partitions a [`Claim`] takes rows from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimScope {
-    /// Every partition, unfenced (a single replica driving the scan by hand, tests).
-    All,
-    /// These partitions, unfenced (an empty list: none).
-    Partitions(Vec<Partition>),
-    /// These partitions, each only while its stored epoch is the given one. Partitions whose epoch moved on
-    /// contribute no rows and are reported in [`Claimed::stale`].
-    Fenced(Vec<Fence>),
-}
-
-/// What a claim took.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Claimed {
-    /// The claimed rows as stored after the claim, in no particular order.
-    pub txns: Vec<GlobalTxn>,
-    /// Partitions of a fenced claim whose stored epoch is not the claimed one (the claimer lost them).
-    pub stale: Vec<Partition>,
-}
-
-/// A partition's fencing row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionFence {
-    /// The partition.
-    pub partition: Partition,
-    /// Its current epoch (0: never taken).
-    pub epoch: LeaseEpoch,
-    /// Who took it at this epoch.
-    pub owner: String,
-    /// When (store clock).
-    pub fenced_at: Millis,
-}
-
-/// A lease row of the `sql` lease backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRecord {
-    /// The lease name (`member/<node>` or `partition/<n>`).
-    pub name: String,
-    /// The holder's identity.
-    pub holder: String,
-    /// When the current holder took it (store clock).
-    pub acquired_at: Millis,
-    /// Its last renewal.
-    pub renewed_at: Millis,
-    /// When it expires unless renewed.
-    pub expires_at: Millis,
-    /// How often it changed hands.
-    pub transitions: u64,
-}
-
-/// The durable store. See the module docs for the contract.
+/// What every backend has, whatever else it stores: a name, a liveness check and a clock. Each concern's
+/// trait extends it.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait StoreBase: Send + Sync + 'static {
     /// The backend name (`sqlite`, `mysql`), for logs and metrics.
     fn kind(&self) -> &'static str;
 
@@ -446,100 +202,14 @@ pub trait Store: Send + Sync + 'static {
     async fn max_packet_bytes(&self) -> Result<Option<u64>> {
         Ok(None)
     }
-
-    /// Applies `writes` in one database transaction and returns one outcome per write, in order.
-    /// `Err` means nothing was committed. Not idempotent: an `Update` applied twice bumps the version twice
-    /// (the second attempt normally conflicts on the version).
-    async fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>>;
-
-    /// The transaction with this gid.
-    async fn find_txn(&self, gid: &Gid) -> Result<Option<GlobalTxn>>;
-
-    /// Its branches in insertion order.
-    async fn find_branches(&self, gid: &Gid) -> Result<Vec<Branch>>;
-
-    /// A page of transactions, newest (highest id) first.
-    async fn scan_txns(&self, filter: &ScanFilter) -> Result<Vec<GlobalTxn>>;
-
-    /// Atomically claims up to `limit` unfinished due transactions (`next_cron_time <= now`, earliest first,
-    /// in the claim's [`ClaimScope`]): sets their `next_cron_time` to `lease_until` and `owner`, bumps their
-    /// version by one, changes nothing else, and returns them as stored after the claim (in no particular
-    /// order). Two concurrent claims never return the same row. The version bump is what makes a claim
-    /// exclusive: a pass whose claim ran out and was taken over loses its next compare-and-set, so it can
-    /// neither record a decision nor extend its claim after another pass started. A fenced claim takes rows only from
-    /// partitions whose stored epoch equals the claimed one, checked in the claim's database transaction;
-    /// the others are listed in [`Claimed::stale`]. MySQL claims lock with `FOR UPDATE SKIP LOCKED`, so
-    /// concurrent claimers pass each other's rows by instead of waiting.
-    async fn claim_due(&self, claim: &Claim) -> Result<Claimed>;
-
-    /// Records the partition count at the first start and returns the recorded one (which the caller must
-    /// compare with its own: a different count would put transactions in the wrong partitions). Creates the
-    /// fencing rows of partitions `0..count` (epoch 0). Idempotent; concurrent first starts agree on one count.
-    async fn init_partitions(&self, count: u16) -> Result<u16>;
-
-    /// Takes partition `p` over for `owner`: bumps its epoch by one and returns the new epoch. Every call
-    /// returns a distinct epoch, so no two owners ever share one. Waits for fenced writes of the partition
-    /// that are in flight (they commit under the old epoch first). `Corrupt` if the partition has no row
-    /// ([`Store::init_partitions`] not run).
-    async fn fence_partition(&self, p: Partition, owner: &str, now: Millis) -> Result<LeaseEpoch>;
-
-    /// Every partition's fencing row, by partition.
-    async fn partition_fences(&self) -> Result<Vec<PartitionFence>>;
-
-    /// Acquires the lease `name` for `holder` until `now + duration_ms`, or renews it when `holder` already
-    /// holds it. Succeeds only when the lease does not exist, is free, has `expires_at <= now`, or is
-    /// `holder`'s; a change of holder resets `acquired_at` and counts a transition. `false` when another
-    /// holder's lease is live or a concurrent acquire won. Idempotent for the holder.
-    async fn lease_acquire(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Millis,
-        duration_ms: i64,
-    ) -> Result<bool>;
-
-    /// Releases (deletes) the lease `name` if `holder` holds it; `false` if it did not.
-    async fn lease_release(&self, name: &str, holder: &str) -> Result<bool>;
-
-    /// Leases whose name starts with `prefix` and that are live at `now` (`expires_at > now`), by name.
-    async fn lease_list(&self, prefix: &str, now: Millis) -> Result<Vec<LeaseRecord>>;
-
-    /// For unfinished transactions scheduled later than `after`, sets `next_cron_time = now`, at most
-    /// `limit` rows. Rows under a live claim (non-empty `owner`, `next_cron_time > now`) are being processed
-    /// and stay as they are. Returns how many changed.
-    async fn reset_cron_time(&self, after: Millis, now: Millis, limit: u32) -> Result<u64>;
-
-    /// Sets `next_cron_time = now` for one unfinished transaction (also one that had no schedule), unless a
-    /// live claim holds it (it is being processed now). Returns whether the gid exists; a final transaction
-    /// exists but stays unscheduled.
-    async fn reset_next_cron_time(&self, gid: &Gid, now: Millis) -> Result<bool>;
-
-    /// Deletes up to `limit` final transactions (and their branches) last updated before `before`; that is
-    /// when they became final, unless a later update touched them. Returns how many were deleted.
-    async fn delete_finished(&self, before: Millis, limit: u32) -> Result<u64>;
-
-    /// KV records of a category with id above `after_id`, by id, at most `limit`.
-    async fn kv_scan(&self, cat: &str, after_id: Option<i64>, limit: u32) -> Result<Vec<KvRecord>>;
-
-    /// The KV record `(cat, k)`.
-    async fn kv_find(&self, cat: &str, k: &str) -> Result<Option<KvRecord>>;
-
-    /// Creates `(cat, k) = v` with version 1. `false` if it exists.
-    async fn kv_create(&self, cat: &str, k: &str, v: &str, now: Millis) -> Result<bool>;
-
-    /// Sets `v` and bumps the version, only while the stored version is `expect_version`. `false` on a lost race.
-    async fn kv_update(
-        &self,
-        cat: &str,
-        k: &str,
-        v: &str,
-        expect_version: i64,
-        now: Millis,
-    ) -> Result<bool>;
-
-    /// Deletes `(cat, k)`. `false` if it did not exist.
-    async fn kv_delete(&self, cat: &str, k: &str) -> Result<bool>;
 }
+
+/// The whole durable store: every concern's trait. It is implemented for every type that implements all of
+/// them, so a backend implements the concern traits and never this one. See the module docs for the
+/// contract.
+pub trait Store: TxnStore + ClaimStore + LeaseStore + KvStore + Maintenance {}
+
+impl<S> Store for S where S: TxnStore + ClaimStore + LeaseStore + KvStore + Maintenance {}
 
 /// A shared store.
 pub type DynStore = Arc<dyn Store>;

@@ -171,7 +171,7 @@ mod tests {
     /// The store reports the server's `max_allowed_packet`, which the writer's batches stay under.
     #[tokio::test]
     async fn reports_the_packet_limit() {
-        use crate::store::Store as _;
+        use crate::store::StoreBase as _;
         let db = crate::store::testing::mysql_store().await;
         let store = SqlStore::open_mysql(&db.dsn).await.unwrap();
         let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")

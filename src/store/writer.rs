@@ -3,7 +3,7 @@
 //! Every durable state change in the server goes through a [`WriterHandle`]. The [`Writer`] task takes the
 //! first queued write, drains whatever else is already queued (up to `max_batch` writes and `max_batch_bytes`
 //! estimated bytes, optionally waiting up to `max_wait` for more), applies the batch in one database
-//! transaction with [`Store::apply`](super::Store::apply), and only then answers each waiter. So:
+//! transaction with [`TxnStore::apply`](super::TxnStore::apply), and only then answers each waiter. So:
 //! - no caller hears "done" before its write is durable;
 //! - under light load a batch is one write, so latency is one commit;
 //! - under heavy load one commit carries many transactions' changes.
@@ -75,7 +75,7 @@ impl Default for WriterOptions {
 }
 
 impl WriterOptions {
-    /// The defaults for a store of this kind ([`Store::kind`](super::Store::kind)): two batches in flight on
+    /// The defaults for a store of this kind ([`StoreBase::kind`](super::StoreBase::kind)): two batches in flight on
     /// MySQL, one on SQLite.
     pub fn for_store(kind: &str) -> Self {
         Self {
@@ -387,7 +387,9 @@ mod tests {
     use super::*;
     use crate::model::{Op, Version};
     use crate::store::testing::{T0, TestDb, branch, gid, txn};
-    use crate::store::{ScanFilter, Store, TxnUpdate};
+    use crate::store::{
+        ClaimStore, KvStore, LeaseStore, Maintenance, ScanFilter, StoreBase, TxnStore, TxnUpdate,
+    };
 
     impl WriterHandle {
         /// Writes in the queue (sent, or with a slot reserved), not yet taken by the writer.
@@ -721,7 +723,7 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Store for GatedStore {
+    impl StoreBase for GatedStore {
         fn kind(&self) -> &'static str {
             self.inner.kind()
         }
@@ -731,6 +733,10 @@ mod tests {
         async fn db_now(&self) -> Result<crate::model::Millis> {
             self.inner.db_now().await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl TxnStore for GatedStore {
         async fn apply(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
             let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let gate = self.gates.get(call).expect("a gate for every call");
@@ -749,6 +755,10 @@ mod tests {
         async fn scan_txns(&self, f: &ScanFilter) -> Result<Vec<crate::model::GlobalTxn>> {
             self.inner.scan_txns(f).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl ClaimStore for GatedStore {
         async fn claim_due(&self, c: &crate::store::Claim) -> Result<crate::store::Claimed> {
             self.inner.claim_due(c).await
         }
@@ -766,6 +776,10 @@ mod tests {
         async fn partition_fences(&self) -> Result<Vec<crate::store::PartitionFence>> {
             self.inner.partition_fences().await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl LeaseStore for GatedStore {
         async fn lease_acquire(
             &self,
             name: &str,
@@ -787,6 +801,10 @@ mod tests {
         ) -> Result<Vec<crate::store::LeaseRecord>> {
             self.inner.lease_list(prefix, now).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl Maintenance for GatedStore {
         async fn reset_cron_time(
             &self,
             after: crate::model::Millis,
@@ -805,6 +823,10 @@ mod tests {
         async fn delete_finished(&self, before: crate::model::Millis, limit: u32) -> Result<u64> {
             self.inner.delete_finished(before, limit).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl KvStore for GatedStore {
         async fn kv_scan(
             &self,
             cat: &str,
