@@ -202,7 +202,7 @@ impl Server {
         let engine = Engine::new(
             store.clone(),
             writer_handle,
-            invoker,
+            Arc::new(invoker),
             clock.clone(),
             config.engine_options(),
             metrics.clone(),

@@ -35,7 +35,7 @@ pub use driver::{FAILPOINTS, PassError, PassResult};
 
 pub use crate::store::{ClaimScope, Claimed, Error as StoreError};
 
-use crate::invoke::Invoker;
+use crate::invoke::BranchCaller;
 use crate::metrics::Metrics;
 use crate::model::{
     Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition,
@@ -214,7 +214,7 @@ pub struct Engine {
 pub(crate) struct Inner {
     pub(crate) store: DynStore,
     pub(crate) writer: WriterHandle,
-    pub(crate) invoker: Invoker,
+    pub(crate) invoker: Arc<dyn BranchCaller>,
     pub(crate) clock: StoreClock,
     pub(crate) opts: EngineOptions,
     pub(crate) metrics: Arc<Metrics>,
@@ -247,7 +247,7 @@ impl Engine {
     pub fn new(
         store: DynStore,
         writer: WriterHandle,
-        invoker: Invoker,
+        invoker: Arc<dyn BranchCaller>,
         clock: StoreClock,
         opts: EngineOptions,
         metrics: Arc<Metrics>,
@@ -1054,3 +1054,6 @@ impl Engine {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -177,6 +177,28 @@ impl Invoker {
     }
 }
 
+/// How the engine reaches branches: the [`Invoker`] in production; the engine's unit tests script the
+/// answers with their own implementation.
+#[async_trait::async_trait]
+pub trait BranchCaller: Send + Sync + 'static {
+    /// Makes the call and classifies the answer. Never panics; transport problems are `Error`.
+    async fn call(&self, call: &BranchCall<'_>) -> CallOutcome;
+
+    /// POSTs a JSON document (the alert webhook); any non-2xx answer is an error.
+    async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl BranchCaller for Invoker {
+    async fn call(&self, call: &BranchCall<'_>) -> CallOutcome {
+        Invoker::call(self, call).await
+    }
+
+    async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
+        Invoker::post_json(self, url, body).await
+    }
+}
+
 /// The transport of a call (spec §6.1): JSON-RPC when the transaction says so and the URL names a method;
 /// else HTTP when the transaction says so or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
 fn transport(call: &BranchCall<'_>) -> Protocol {
