@@ -448,10 +448,18 @@ async fn json_rpc_413_is_a_json_rpc_error() {
 async fn wait_result_does_not_tell_transport_details() {
     let ts = TestServer::start(Backend::Sqlite).await;
     let mut answers = Vec::new();
-    // Port 1 refuses; the server's own gRPC port answers HTTP/1 with a protocol error.
+    // Port 1 refuses; a listener that answers garbage is a protocol error.
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage_addr = garbage.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        while let Ok((mut conn, _)) = garbage.accept().await {
+            let _ = conn.write_all(b"SSH-2.0-not-http\r\n\r\n").await;
+        }
+    });
     for target in [
         "http://127.0.0.1:1/x".to_owned(),
-        format!("http://{}/x", ts.server.grpc_addr),
+        format!("http://{garbage_addr}/x"),
     ] {
         let g = gid("wait");
         let mut body = base(&g);
