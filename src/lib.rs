@@ -2,8 +2,8 @@
 //! Kubernetes-native cluster. The modules follow `design.md`: `api` -> `engine` -> (`store`, `invoke`);
 //! `cluster` decides which due transactions this replica scans.
 
-pub mod admin;
 pub mod api;
+pub mod cli_client;
 pub mod cluster;
 pub mod config;
 pub mod engine;

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use braid::admin::AdminClient;
+use braid::cli_client::CliClient;
 use braid::config::{Config, ServeArgs};
 use braid::server::{Server, StartOptions};
 
@@ -87,19 +87,19 @@ fn main() -> std::process::ExitCode {
 /// Runs an admin command and prints the server's answer as pretty JSON.
 async fn admin(command: Command) -> anyhow::Result<()> {
     let answer = match command {
-        Command::Query { gid, server } => AdminClient::new(&server.server)?.query(&gid).await?,
+        Command::Query { gid, server } => CliClient::new(&server.server)?.query(&gid).await?,
         Command::List {
             status,
             limit,
             position,
             server,
         } => {
-            AdminClient::new(&server.server)?
+            CliClient::new(&server.server)?
                 .list(status.as_deref(), limit, position.as_deref())
                 .await?
         }
         Command::ForceStop { gid, server } => {
-            AdminClient::new(&server.server)?.force_stop(&gid).await?
+            CliClient::new(&server.server)?.force_stop(&gid).await?
         }
         Command::Serve(_) | Command::Migrate(_) | Command::Crd => {
             anyhow::bail!("not an admin command")

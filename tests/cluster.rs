@@ -537,9 +537,10 @@ mod kubernetes {
     use tokio::time::Instant;
     use tokio_util::sync::CancellationToken;
 
-    use crate::support::kube_fake::{FakeApiServer, Verb};
+    use crate::support::kube_api::{EventType, FakeKube};
 
     const P: u16 = 16;
+    const NS: &str = "default";
 
     #[derive(Default)]
     struct MemFencing(Mutex<BTreeMap<Partition, u64>>);
@@ -560,9 +561,9 @@ mod kubernetes {
         task: tokio::task::JoinHandle<()>,
     }
 
-    fn start(fake: &FakeApiServer, fencing: &Arc<MemFencing>, pod: &str) -> Elector {
+    fn start(fake: &FakeKube, fencing: &Arc<MemFencing>, pod: &str) -> Elector {
         // Each elector has its own client and lease cache, as separate pods would.
-        let backend = Arc::new(KubeLeases::new(fake.client(), "default", "braid"));
+        let backend = Arc::new(KubeLeases::new(fake.client(NS), NS, "braid"));
         let (keeper, handle) = Keeper::new(
             KeeperOptions {
                 partitions: P,
@@ -621,7 +622,7 @@ mod kubernetes {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kubernetes_electors_never_hold_one_lease_together() {
-        let fake = FakeApiServer::start().await;
+        let fake = FakeKube::start().await;
         let fencing = Arc::new(MemFencing::default());
         let mut electors: BTreeMap<String, Elector> = ["pod-a", "pod-b", "pod-c", "pod-d"]
             .into_iter()
@@ -671,9 +672,9 @@ mod kubernetes {
         let mut last: BTreeMap<String, (String, Instant, u64)> = BTreeMap::new();
         let mut takeovers = 0;
         let mut writes = 0;
-        for ev in fake.history() {
-            let name = ev.key.name.clone();
-            if ev.verb == Verb::Delete {
+        for ev in fake.history("leases") {
+            let name = ev.name.clone();
+            if ev.event == EventType::Deleted {
                 last.remove(&name);
                 continue;
             }
@@ -702,18 +703,17 @@ mod kubernetes {
         assert!(takeovers >= 1, "the crashed pod's leases were taken over");
         assert!(writes > 50, "{writes} writes");
         // Clean shutdowns released everything: no partition lease has a holder, no member lease is left.
-        for (key, obj) in fake.objects() {
-            if key.name.contains("-m-") {
+        for (name, obj) in fake.objects("leases", NS) {
+            if name.contains("-m-") {
                 assert!(
-                    key.name.ends_with("pod-a"),
+                    name.ends_with("pod-a"),
                     "only the crashed pod leaves its member lease behind: {obj}"
                 );
             } else {
                 let holder = obj["spec"]["holderIdentity"].as_str().unwrap_or_default();
                 assert!(
                     holder.is_empty() || holder.starts_with("pod-a_"),
-                    "{} still held by {holder}",
-                    key.name
+                    "{name} still held by {holder}"
                 );
             }
         }

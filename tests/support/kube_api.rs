@@ -1,8 +1,9 @@
 //! An in-process fake Kubernetes API server (axum on 127.0.0.1) that speaks the real HTTP/JSON wire format
 //! for namespaced kinds, generically, so a real `kube::Client` (and kube-runtime's watcher) can run against
-//! it. Registered by default: `braid.dev/v1alpha1` TransactionPolicy (with the status subresource),
-//! `discovery.k8s.io/v1` EndpointSlice and `coordination.k8s.io/v1` Lease; [`FakeKube::start_with`] takes
-//! any other [`KindSpec`].
+//! it; no kube-apiserver can run on our machines (spec/kubernetes.md §3). Registered by default:
+//! `braid.dev/v1alpha1` TransactionPolicy (with the status subresource), `discovery.k8s.io/v1` EndpointSlice
+//! and `coordination.k8s.io/v1` Lease; [`FakeKube::start_with`] takes any other [`KindSpec`]. The policy
+//! watcher and discovery (`tests/kube.rs`) and the `kubernetes` lease backend (`tests/cluster.rs`) run on it.
 //!
 //! What it implements, as the API server does:
 //! - GET one object; LIST (`resourceVersion` in the list metadata, label selectors `k`, `!k`, `k=v`, `k==v`,
@@ -11,13 +12,21 @@
 //!   from the requested `resourceVersion` (`0` or none: synthetic `ADDED` of the current objects first),
 //!   `BOOKMARK` after the replay when `allowWatchBookmarks=true`, streaming lists (`sendInitialEvents=true`,
 //!   ending with the `k8s.io/initial-events-end` bookmark), and `timeoutSeconds`;
-//! - POST (409 AlreadyExists), PUT (409 Conflict on a stale `metadata.resourceVersion`, 404 when missing),
-//!   DELETE; PATCH with `application/merge-patch+json`, `application/strategic-merge-patch+json` (treated
+//! - POST (409 AlreadyExists), PUT (409 Conflict on a stale `metadata.resourceVersion`; none given: an
+//!   unconditional update, as leader election does; 404 when missing), DELETE (409 Conflict when the
+//!   `DeleteOptions` preconditions `resourceVersion`/`uid` do not hold; answers with the deleted object for
+//!   custom resources and a `Success` `Status` for built-in kinds); PATCH with `application/merge-patch+json`, `application/strategic-merge-patch+json` (treated
 //!   as a merge patch) and server-side apply `application/apply-patch+yaml` (creates when missing; records
 //!   the `fieldManager` in `metadata.managedFields`);
 //! - the status subresource: writes to the object ignore `.status`, writes to `/status` change only
 //!   `.status`; `metadata.generation` grows when anything but metadata and status changes;
-//! - errors as `Status` objects with the real reasons (`NotFound`, `AlreadyExists`, `Conflict`, ...).
+//! - errors as `Status` objects with the real reasons (`NotFound`, `AlreadyExists`, `Conflict`, ...) and
+//!   `details` naming the object.
+//!
+//! For assertions, it keeps every request ([`FakeKube::requests`]), the stored objects
+//! ([`FakeKube::object`], [`FakeKube::objects`]) and every applied write with the instant the fake applied it
+//! ([`FakeKube::history`]), for properties over time such as "a lease never changed holder while its holder
+//! was live".
 //!
 //! Simplifications: server-side apply merges objects recursively and replaces lists (no field-ownership
 //! conflicts), and a status apply replaces the whole status; no admission, defaulting or schema validation;
@@ -30,7 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -67,6 +76,22 @@ impl KindSpec {
     fn key(&self) -> String {
         format!("{}/{}", self.group, self.plural)
     }
+
+    /// `plural.group` (`leases.coordination.k8s.io`), or `plural` for the core group, as error messages
+    /// name the resource.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Whether this is a custom resource: the API server answers a DELETE of one with the deleted object,
+    /// and of a built-in kind (core or a `*.k8s.io` group) with a `Success` `Status`.
+    fn is_custom(&self) -> bool {
+        !(self.group.is_empty() || self.group.ends_with(".k8s.io"))
+    }
 }
 
 /// The kinds registered by [`FakeKube::start`].
@@ -96,14 +121,44 @@ pub fn default_kinds() -> Vec<KindSpec> {
     ]
 }
 
-/// One change, as a watch reports it.
+/// What a write did, as a watch event names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Updated or patched.
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One applied write, as a watch reports it and [`FakeKube::history`] returns it.
 #[derive(Debug, Clone)]
-struct Change {
-    rv: u64,
+pub struct Change {
+    /// When the fake applied it.
+    pub at: Instant,
+    /// The `resourceVersion` it gave the object.
+    pub rv: u64,
+    /// What it did.
+    pub event: EventType,
+    /// `group/plural` of the object's kind.
     kind_key: String,
-    namespace: String,
-    type_: &'static str,
-    object: Value,
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// The object after the write; for a delete, the object as it was, with the delete's `resourceVersion`.
+    pub object: Value,
 }
 
 #[derive(Default)]
@@ -131,7 +186,23 @@ pub struct FakeKube {
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response {
-    let body = json!({
+    failure(code, reason, message, None)
+}
+
+/// A failure `Status` about one object: `details` name it as the API server does (`kind` is the plural).
+fn object_status(
+    code: u16,
+    reason: &str,
+    message: String,
+    kind: &KindSpec,
+    name: &str,
+) -> Response {
+    let details = json!({"name": name, "group": kind.group, "kind": kind.plural});
+    failure(code, reason, message, Some(details))
+}
+
+fn failure(code: u16, reason: &str, message: String, details: Option<Value>) -> Response {
+    let mut body = json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -140,6 +211,9 @@ fn status(code: u16, reason: &str, message: String) -> Response {
         "reason": reason,
         "code": code,
     });
+    if let Some(details) = details {
+        body["details"] = details;
+    }
     (
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         axum::Json(body),
@@ -309,6 +383,26 @@ impl FakeKube {
             .map(|(_, v)| v.clone())
     }
 
+    /// The stored objects of `plural` in `namespace`, by name.
+    pub fn objects(&self, plural: &str, namespace: &str) -> BTreeMap<String, Value> {
+        let db = self.shared.db.lock().expect("fake db");
+        db.objects
+            .iter()
+            .filter(|((k, ns, _), _)| k.ends_with(&format!("/{plural}")) && ns == namespace)
+            .map(|((_, _, name), v)| (name.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every write applied to objects of `plural` so far, in order.
+    pub fn history(&self, plural: &str) -> Vec<Change> {
+        let db = self.shared.db.lock().expect("fake db");
+        db.history
+            .iter()
+            .filter(|c| c.kind_key.ends_with(&format!("/{plural}")))
+            .cloned()
+            .collect()
+    }
+
     /// Every request seen so far, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.db.lock().expect("fake db").requests.clone()
@@ -403,7 +497,7 @@ async fn handle(
                 .to_owned();
             patch(&shared, &target, name, &content_type, &query, &body)
         }
-        (&Method::DELETE, Some(name)) => delete(&shared, &target, name),
+        (&Method::DELETE, Some(name)) => delete(&shared, &target, name, &body),
         _ => status(
             405,
             "MethodNotAllowed",
@@ -417,14 +511,8 @@ fn key(target: &Target, namespace: &str, name: &str) -> (String, String, String)
 }
 
 fn not_found(target: &Target, name: &str) -> Response {
-    status(
-        404,
-        "NotFound",
-        format!(
-            "{}.{} \"{name}\" not found",
-            target.kind.plural, target.kind.group
-        ),
-    )
+    let message = format!("{} \"{name}\" not found", target.kind.qualified());
+    object_status(404, "NotFound", message, &target.kind, name)
 }
 
 fn get(shared: &Shared, target: &Target, name: &str) -> Response {
@@ -509,7 +597,7 @@ fn watch(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> R
             db.history
                 .iter()
                 .filter(|c| c.rv > from && filter.accepts(&c.kind_key, &c.namespace, &c.object))
-                .map(|c| event_line(c.type_, &c.object))
+                .map(|c| event_line(c.event.as_str(), &c.object))
                 .collect()
         };
         (live, backlog, db.rv)
@@ -538,7 +626,7 @@ fn watch(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> R
                 () = tx.closed() => return,
                 change = live.recv() => match change {
                     Ok(c) if c.rv > current_rv && filter.accepts(&c.kind_key, &c.namespace, &c.object) => {
-                        if tx.send(event_line(c.type_, &c.object)).await.is_err() {
+                        if tx.send(event_line(c.event.as_str(), &c.object)).await.is_err() {
                             return;
                         }
                     }
@@ -599,10 +687,12 @@ fn insert_new(shared: &Shared, db: &mut Db, target: &Target, ns: &str, mut obj: 
     meta["creationTimestamp"] = json!(now());
     db.objects.insert(key(target, ns, &name), obj.clone());
     let change = Change {
+        at: Instant::now(),
         rv,
+        event: EventType::Added,
         kind_key: target.kind.key(),
         namespace: ns.to_owned(),
-        type_: "ADDED",
+        name,
         object: obj.clone(),
     };
     db.record(change, &shared.changes);
@@ -630,14 +720,8 @@ fn create(shared: &Shared, target: &Target, body: &[u8]) -> Response {
         .to_owned();
     let mut db = shared.db.lock().expect("fake db");
     if db.objects.contains_key(&key(target, &ns, &name)) {
-        return status(
-            409,
-            "AlreadyExists",
-            format!(
-                "{}.{} \"{name}\" already exists",
-                target.kind.plural, target.kind.group
-            ),
-        );
+        let message = format!("{} \"{name}\" already exists", target.kind.qualified());
+        return object_status(409, "AlreadyExists", message, &target.kind, &name);
     }
     let stored = insert_new(shared, &mut db, target, &ns, obj);
     (StatusCode::CREATED, axum::Json(stored)).into_response()
@@ -675,10 +759,12 @@ fn store_update(
     }
     db.objects.insert(key(target, ns, name), next.clone());
     let change = Change {
+        at: Instant::now(),
         rv,
+        event: EventType::Modified,
         kind_key: target.kind.key(),
         namespace: ns.to_owned(),
-        type_: "MODIFIED",
+        name: name.to_owned(),
         object: next.clone(),
     };
     db.record(change, &shared.changes);
@@ -686,14 +772,20 @@ fn store_update(
 }
 
 fn conflict(target: &Target, name: &str) -> Response {
-    status(
-        409,
-        "Conflict",
-        format!(
-            "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-            target.kind.plural, target.kind.group
-        ),
+    precondition_conflict(
+        target,
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
     )
+}
+
+/// 409 `Conflict`: `why` the write could not be applied to the object.
+fn precondition_conflict(target: &Target, name: &str, why: &str) -> Response {
+    let message = format!(
+        "Operation cannot be fulfilled on {} \"{name}\": {why}",
+        target.kind.qualified()
+    );
+    object_status(409, "Conflict", message, &target.kind, name)
 }
 
 /// What a write through `target` makes of `current` given the written object `written`: the status
@@ -843,21 +935,67 @@ fn patch(
     }
 }
 
-fn delete(shared: &Shared, target: &Target, name: &str) -> Response {
+/// The `DeleteOptions` preconditions that `current` does not meet, as the API server words them.
+fn unmet_precondition(current: &Value, options: &Value) -> Option<String> {
+    let pre = &options["preconditions"];
+    for (field, label) in [("resourceVersion", "ResourceVersion"), ("uid", "UID")] {
+        let Some(want) = pre[field].as_str() else {
+            continue;
+        };
+        let actual = current["metadata"][field].as_str().unwrap_or_default();
+        if want != actual {
+            return Some(format!(
+                "Precondition failed: {label} in precondition: {want}, {label} in object meta: {actual}"
+            ));
+        }
+    }
+    None
+}
+
+fn delete(shared: &Shared, target: &Target, name: &str, body: &[u8]) -> Response {
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match parse_body(body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
     let ns = target.namespace.clone().unwrap_or_default();
     let mut db = shared.db.lock().expect("fake db");
-    let Some(mut obj) = db.objects.remove(&key(target, &ns, name)) else {
+    let Some(mut obj) = db.objects.get(&key(target, &ns, name)).cloned() else {
         return not_found(target, name);
     };
+    if let Some(why) = unmet_precondition(&obj, &options) {
+        return precondition_conflict(target, name, &why);
+    }
+    db.objects.remove(&key(target, &ns, name));
     let rv = db.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
     let change = Change {
+        at: Instant::now(),
         rv,
+        event: EventType::Deleted,
         kind_key: target.kind.key(),
         namespace: ns,
-        type_: "DELETED",
+        name: name.to_owned(),
         object: obj.clone(),
     };
     db.record(change, &shared.changes);
-    axum::Json(obj).into_response()
+    if target.kind.is_custom() {
+        return axum::Json(obj).into_response();
+    }
+    axum::Json(json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {
+            "name": name,
+            "group": target.kind.group,
+            "kind": target.kind.plural,
+            "uid": obj["metadata"]["uid"],
+        },
+    }))
+    .into_response()
 }

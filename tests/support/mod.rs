@@ -13,7 +13,6 @@ pub mod bank;
 pub mod busi;
 pub mod grpc_busi;
 pub mod kube_api;
-pub mod kube_fake;
 pub mod process;
 pub mod xa_rm;
 

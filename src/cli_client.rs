@@ -1,44 +1,45 @@
-//! Admin commands of the `braid` CLI (`braid query`, `braid list`, `braid force-stop`): thin clients of a
-//! running server's HTTP API, so they work against any replica and never touch the store directly.
+//! The HTTP client behind the admin commands of the `braid` CLI (`braid query`, `braid list`,
+//! `braid force-stop`): a thin client of a running server's `/api/dtmsvr` routes, so the commands work
+//! against any replica and never touch the store directly. (The admin web page is `api/admin.html`.)
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// An admin command failed; the message says what the server answered.
+/// A request of the CLI client failed; the message says what the server answered, or why it got no answer.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct AdminError(String);
+pub struct CliClientError(String);
 
-/// A client of one server.
-pub struct AdminClient {
+/// The CLI's client of one running server.
+pub struct CliClient {
     base: String,
     http: reqwest::Client,
 }
 
-impl AdminClient {
+impl CliClient {
     /// A client for `server` (e.g. `http://127.0.0.1:36789`).
-    pub fn new(server: &str) -> Result<Self, AdminError> {
+    pub fn new(server: &str) -> Result<Self, CliClientError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| AdminError(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| CliClientError(format!("building the HTTP client: {e}")))?;
         Ok(Self {
             base: format!("{}/api/dtmsvr", server.trim_end_matches('/')),
             http,
         })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, AdminError> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliClientError> {
         let resp = req
             .send()
             .await
-            .map_err(|e| AdminError(format!("cannot reach {}: {e}", self.base)))?;
+            .map_err(|e| CliClientError(format!("cannot reach {}: {e}", self.base)))?;
         let status = resp.status();
         let text = resp
             .text()
             .await
-            .map_err(|e| AdminError(format!("reading the answer: {e}")))?;
+            .map_err(|e| CliClientError(format!("reading the answer: {e}")))?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             Ok(body)
@@ -47,12 +48,12 @@ impl AdminClient {
                 .get("message")
                 .and_then(Value::as_str)
                 .map_or_else(|| body.to_string(), str::to_owned);
-            Err(AdminError(format!("server answered {status}: {msg}")))
+            Err(CliClientError(format!("server answered {status}: {msg}")))
         }
     }
 
     /// The transaction and its branches.
-    pub async fn query(&self, gid: &str) -> Result<Value, AdminError> {
+    pub async fn query(&self, gid: &str) -> Result<Value, CliClientError> {
         self.send(
             self.http
                 .get(format!("{}/query", self.base))
@@ -67,7 +68,7 @@ impl AdminClient {
         status: Option<&str>,
         limit: u32,
         position: Option<&str>,
-    ) -> Result<Value, AdminError> {
+    ) -> Result<Value, CliClientError> {
         let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         if let Some(s) = status {
             q.push(("status", s.to_owned()));
@@ -80,7 +81,7 @@ impl AdminClient {
     }
 
     /// Marks an unfinished transaction `failed` without calling any branch.
-    pub async fn force_stop(&self, gid: &str) -> Result<Value, AdminError> {
+    pub async fn force_stop(&self, gid: &str) -> Result<Value, CliClientError> {
         let body = serde_json::json!({ "gid": gid }).to_string();
         self.send(
             self.http
