@@ -44,13 +44,13 @@ impl BranchCaller for Script {
                 Some(f) => f.await.ok().flatten().map(|t| t.status),
                 None => None,
             };
-            if status != Some(needed) {
-                if let Ok(mut v) = self.violations.lock() {
-                    v.push(format!(
-                        "{} {}/{} sent while the stored status was {status:?}, not {needed}",
-                        call.gid, call.branch_id, call.op
-                    ));
-                }
+            if status != Some(needed)
+                && let Ok(mut v) = self.violations.lock()
+            {
+                v.push(format!(
+                    "{} {}/{} sent while the stored status was {status:?}, not {needed}",
+                    call.gid, call.branch_id, call.op
+                ));
             }
         }
         self.answers
