@@ -45,11 +45,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::EngineOptions;
-use super::{Inner, msg, saga, tcc, workflow, xa};
+use super::Inner;
 use crate::invoke::{BranchCall, CallOutcome};
 use crate::model::{
-    Branch, BranchStatus, Fence, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, TransType,
-    short_uuid,
+    Branch, BranchStatus, Fence, GlobalStatus, GlobalTxn, Millis, Op, TransOptions, short_uuid,
 };
 use crate::store::{BranchUpdate, Schedule, TxnUpdate, Write, WriteOutcome};
 
@@ -688,22 +687,6 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Whether the first pass of a new transaction can run without calling anything: a submitted saga whose
-/// actions all have empty URLs (an empty URL succeeds without a call, so no action fails and no
-/// compensation runs), or a submitted msg without delay whose actions all have empty URLs.
-fn calls_nothing(txn: &GlobalTxn, branches: &[Branch]) -> bool {
-    match (txn.trans_type, txn.status) {
-        (TransType::Saga, GlobalStatus::Submitted) => branches
-            .iter()
-            .filter(|b| b.op == Op::Action)
-            .all(|b| b.url.is_empty()),
-        (TransType::Msg, GlobalStatus::Submitted) => {
-            msg::delay_secs(&txn.custom_data) == Ok(0) && branches.iter().all(|b| b.url.is_empty())
-        }
-        _ => false,
-    }
-}
-
 /// The first pass of a transaction that is not stored yet, settled in memory, for the one write that
 /// stores the transaction and its outcome together (see [`run_unstored`]).
 pub(crate) struct Settled {
@@ -716,7 +699,7 @@ pub(crate) struct Settled {
 }
 
 /// Runs the first pass of a new transaction before it is stored, when that pass cannot call any branch
-/// ([`calls_nothing`]) and ends in a final status; `None` otherwise (the caller stores the transaction and
+/// ([`Kind::calls_nothing`](super::kind::Kind::calls_nothing)) and ends in a final status; `None` otherwise (the caller stores the transaction and
 /// runs the pass as usual).
 ///
 /// Why this is safe: the rule is "no branch is called before the transaction is durable", and this pass
@@ -728,7 +711,8 @@ pub(crate) async fn run_unstored(
     txn: &GlobalTxn,
     branches: &[Branch],
 ) -> Option<Settled> {
-    if !calls_nothing(txn, branches) {
+    let kind = super::kind::of(txn.trans_type);
+    if !kind.calls_nothing(txn, branches) {
         return None;
     }
     // A new transaction on the replica that received it: not a scanner pass, so no fence. The insert that
@@ -741,11 +725,7 @@ pub(crate) async fn run_unstored(
         true,
         CancellationToken::new(),
     );
-    let processed = match pass.txn.trans_type {
-        TransType::Saga => saga::process(&mut pass).await,
-        TransType::Msg => msg::process(&mut pass).await,
-        TransType::Tcc | TransType::Xa | TransType::Workflow => return None,
-    };
+    let processed = kind.process(&mut pass).await;
     if processed.is_err() || !pass.txn.status.is_final() || pass.error.is_some() {
         return None;
     }
@@ -830,13 +810,9 @@ pub(crate) async fn run(
                 error: None,
             };
         }
-        let processed = match pass.txn.trans_type {
-            TransType::Saga => saga::process(&mut pass).await,
-            TransType::Msg => msg::process(&mut pass).await,
-            TransType::Tcc => tcc::process(&mut pass).await,
-            TransType::Xa => xa::process(&mut pass).await,
-            TransType::Workflow => workflow::process(&mut pass).await,
-        };
+        let processed = super::kind::of(pass.txn.trans_type)
+            .process(&mut pass)
+            .await;
         let result = pass.conclude(processed).await;
         tracing::debug!(status = %result.status, "pass done");
         result
@@ -865,12 +841,16 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
         for file in ["saga.rs", "msg.rs", "tcc.rs", "xa.rs", "workflow.rs"] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
-            // Only the state machine: the module's tests and the gauge queries (`stuck_phase2`) are not a pass.
+            // Only the state machine: the module's tests, the gauge queries (`stuck_phase2`) and the creation
+            // rules are not a pass.
             let code = text.split("#[cfg(test)]").next().unwrap();
             let code = code
                 .split("pub(crate) async fn stuck_phase2")
                 .next()
                 .unwrap();
+            // The type's creation rules (its `Kind` impl, whose `process` only forwards here) follow the
+            // state machine.
+            let code = code.split("impl Kind for").next().unwrap();
             // Statements, whatever the line breaks: each `.await` and the code before it back to the
             // previous statement boundary.
             let flat = code

@@ -15,6 +15,7 @@
 
 mod access;
 mod driver;
+mod kind;
 mod msg;
 mod saga;
 mod tcc;
@@ -38,8 +39,8 @@ pub use crate::store::{ClaimScope, Claimed, Error as StoreError};
 use crate::invoke::BranchCaller;
 use crate::metrics::Metrics;
 use crate::model::{
-    Branch, BranchId, BranchStatus, Fence, Gid, GlobalStatus, GlobalTxn, Millis, Op, Partition,
-    Protocol, TOPIC_SCHEME, TransOptions, TransType, Version,
+    Branch, BranchId, Fence, Gid, GlobalStatus, GlobalTxn, Millis, Partition, Protocol,
+    TOPIC_SCHEME, TransOptions, TransType, Version,
 };
 use crate::store::clock::StoreClock;
 use crate::store::writer::WriterHandle;
@@ -139,16 +140,7 @@ pub fn validate_custom_data(
     custom_data: &str,
     steps: usize,
 ) -> Result<(), String> {
-    match trans_type {
-        TransType::Saga => saga::parse_custom(custom_data, steps).map(|_| ()),
-        TransType::Msg => msg::delay_secs(custom_data).map(|_| ()),
-        TransType::Workflow if !custom_data.trim().is_empty() => {
-            serde_json::from_str::<serde_json::Value>(custom_data)
-                .map(|_| ())
-                .map_err(|e| format!("custom_data is not valid JSON: {e}"))
-        }
-        TransType::Workflow | TransType::Tcc | TransType::Xa => Ok(()),
-    }
+    kind::of(trans_type).check_custom_data(custom_data, steps)
 }
 
 /// What a [`OptionDefaults`] source sees of a transaction being created.
@@ -407,7 +399,7 @@ impl Engine {
         if status == GlobalStatus::Prepared {
             // A prepared tcc/xa/msg needs nothing until its timeout: look at it exactly then.
             let timeout = txn.effective_timeout(self.inner.opts.timeout_to_fail);
-            if timeout > 0 && req.trans_type != TransType::Workflow {
+            if timeout > 0 && kind::of(req.trans_type).wakes_at_timeout() {
                 txn.next_cron_time = Some(now.plus_secs(timeout));
             }
         } else {
@@ -422,68 +414,9 @@ impl Engine {
     /// The branches a create request implies: saga `[compensate, action]` per step; msg one `action` per step
     /// (topics fan out to their subscribers); none for the other types.
     async fn build_branches(&self, req: &TxnRequest, now: Millis) -> Result<Vec<Branch>> {
-        let mut bodies: Vec<Vec<u8>> = req.payloads.clone();
-        bodies.extend(
-            req.steps
-                .iter()
-                .filter_map(|s| s.get("data"))
-                .filter(|d| !d.is_empty())
-                .map(|d| d.as_bytes().to_vec()),
-        );
-        let body = |i: usize| bodies.get(i).cloned().unwrap_or_default();
-        let gid = &req.gid;
-        let mut out = Vec::new();
-        match req.trans_type {
-            TransType::Saga => {
-                for (i, step) in req.steps.iter().enumerate() {
-                    let id = BranchId::for_step(i);
-                    let url = |k: &str| step.get(k).cloned().unwrap_or_default();
-                    out.push(Branch::new(
-                        gid,
-                        id.clone(),
-                        Op::Compensate,
-                        url("compensate"),
-                        body(i),
-                        now,
-                    ));
-                    out.push(Branch::new(
-                        gid,
-                        id,
-                        Op::Action,
-                        url("action"),
-                        body(i),
-                        now,
-                    ));
-                }
-            }
-            TransType::Msg => {
-                for (i, step) in req.steps.iter().enumerate() {
-                    let action = step.get("action").cloned().unwrap_or_default();
-                    let id = BranchId::for_step(i);
-                    if let Some(topic) = action.strip_prefix(TOPIC_SCHEME) {
-                        let subscribers = self.subscribers(topic).await?;
-                        if subscribers.is_empty() {
-                            return Err(Error::BadRequest(format!(
-                                "topic not found: '{topic}' has no subscribers"
-                            )));
-                        }
-                        let single = subscribers.len() == 1;
-                        for (j, sub) in subscribers.into_iter().enumerate() {
-                            let bid = if single {
-                                id.clone()
-                            } else {
-                                BranchId::new(format!("{id}-{:02}", j + 1))
-                            };
-                            out.push(Branch::new(gid, bid, Op::Action, sub.url, body(i), now));
-                        }
-                    } else {
-                        out.push(Branch::new(gid, id, Op::Action, action, body(i), now));
-                    }
-                }
-            }
-            TransType::Tcc | TransType::Xa | TransType::Workflow => {}
-        }
-        Ok(out)
+        kind::of(req.trans_type)
+            .initial_branches(self, req, now)
+            .await
     }
 
     async fn load(&self, gid: &Gid) -> Result<GlobalTxn> {
@@ -535,7 +468,7 @@ impl Engine {
         let wait = req.options.wait_result;
         // A tcc or xa submit follows its prepare, so its gid nearly always exists: a read finds it without
         // spending a write (and a place in the writer's batch) on an insert that can only conflict.
-        let stored = if matches!(req.trans_type, TransType::Tcc | TransType::Xa) {
+        let stored = if kind::of(req.trans_type).submit_follows_prepare() {
             self.inner.store.find_txn(&req.gid).await?
         } else {
             None
@@ -711,7 +644,7 @@ impl Engine {
     ) -> Result<SubmitOutcome> {
         let existing = self.load(gid).await?;
         let now = self.inner.clock.now();
-        if existing.trans_type == TransType::Msg && existing.status == GlobalStatus::Prepared {
+        if kind::of(existing.trans_type).fails_on_abort(existing.status) {
             let mut update = TxnUpdate::of(&existing, now);
             update.status = Some(GlobalStatus::Failed);
             update.rollback_reason = Some(reason);
@@ -731,12 +664,8 @@ impl Engine {
                 ))),
             };
         }
-        let abortable = matches!(trans_type, TransType::Tcc | TransType::Xa)
-            && existing.trans_type == trans_type
-            && matches!(
-                existing.status,
-                GlobalStatus::Prepared | GlobalStatus::Aborting
-            );
+        let abortable = existing.trans_type == trans_type
+            && kind::of(trans_type).rolls_back_on_abort(existing.status);
         if !abortable {
             return Err(Error::Failure(format!(
                 "trans type: '{}' current status '{}', cannot abort",
@@ -811,62 +740,8 @@ impl Engine {
         fields: &BTreeMap<String, String>,
     ) -> Result<()> {
         let now = self.inner.clock.now();
-        let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
-        let mut branches = match trans_type {
-            TransType::Tcc => vec![
-                Branch::new(
-                    gid,
-                    branch_id.clone(),
-                    Op::Cancel,
-                    get("cancel"),
-                    data.clone(),
-                    now,
-                ),
-                Branch::new(
-                    gid,
-                    branch_id.clone(),
-                    Op::Confirm,
-                    get("confirm"),
-                    data,
-                    now,
-                ),
-            ],
-            TransType::Xa => vec![
-                Branch::new(
-                    gid,
-                    branch_id.clone(),
-                    Op::Rollback,
-                    get("url"),
-                    data.clone(),
-                    now,
-                ),
-                Branch::new(gid, branch_id.clone(), Op::Commit, get("url"), data, now),
-            ],
-            TransType::Workflow => {
-                let op: Op = get("op")
-                    .parse()
-                    .map_err(|e| Error::BadRequest(format!("field 'op': {e}")))?;
-                let status: BranchStatus = get("status")
-                    .parse()
-                    .map_err(|e| Error::BadRequest(format!("field 'status': {e}")))?;
-                let mut b = Branch::new(gid, branch_id.clone(), op, String::new(), data, now);
-                b.status = status;
-                match status {
-                    BranchStatus::Succeed => b.finish_time = Some(now),
-                    BranchStatus::Failed => b.rollback_time = Some(now),
-                    BranchStatus::Prepared => {}
-                }
-                vec![b]
-            }
-            TransType::Saga | TransType::Msg => {
-                return Err(Error::BadRequest(format!(
-                    "registerBranch does not apply to trans_type '{trans_type}'"
-                )));
-            }
-        };
-        for b in &mut branches {
-            b.gid = gid.clone();
-        }
+        let branches =
+            kind::of(trans_type).registered_branches(gid, &branch_id, data, fields, now)?;
         let update = TxnUpdate {
             gid: gid.clone(),
             expect_status: GlobalStatus::Prepared,

@@ -4,8 +4,12 @@
 //! `concurrent`). A msg never rolls back after submit: every failure is retried.
 
 use super::driver::{Calls, Pass, Step};
+use super::kind::{Kind, step_bodies};
+use super::{Engine, Error as EngineError, Result as EngineResult, TxnRequest};
 use crate::invoke::CallOutcome;
-use crate::model::{BranchStatus, GlobalStatus, Op};
+use crate::model::{
+    Branch, BranchId, BranchStatus, GlobalStatus, GlobalTxn, Millis, Op, TOPIC_SCHEME,
+};
 
 /// `custom_data.delay` in seconds (0 when absent or unreadable).
 pub(crate) fn delay_secs(custom_data: &str) -> Result<i64, String> {
@@ -118,6 +122,76 @@ fn record(pass: &mut Pass<'_>, idx: usize, outcome: CallOutcome) -> bool {
     } else {
         pass.note(&outcome);
         false
+    }
+}
+
+/// The 2-phase message type: action branches from its steps (a `topic://` step: one per subscriber),
+/// and its pass.
+pub(crate) struct Msg;
+
+#[async_trait::async_trait]
+impl Kind for Msg {
+    fn check_custom_data(&self, custom_data: &str, _steps: usize) -> Result<(), String> {
+        delay_secs(custom_data).map(|_| ())
+    }
+
+    async fn initial_branches(
+        &self,
+        engine: &Engine,
+        req: &TxnRequest,
+        now: Millis,
+    ) -> EngineResult<Vec<Branch>> {
+        let bodies = step_bodies(req);
+        let gid = &req.gid;
+        let mut out = Vec::with_capacity(req.steps.len());
+        for (i, step) in req.steps.iter().enumerate() {
+            let action = step.get("action").cloned().unwrap_or_default();
+            let id = BranchId::for_step(i);
+            let body = bodies.get(i).cloned().unwrap_or_default();
+            let Some(topic) = action.strip_prefix(TOPIC_SCHEME) else {
+                out.push(Branch::new(gid, id, Op::Action, action, body, now));
+                continue;
+            };
+            let subscribers = engine.subscribers(topic).await?;
+            if subscribers.is_empty() {
+                return Err(EngineError::BadRequest(format!(
+                    "topic not found: '{topic}' has no subscribers"
+                )));
+            }
+            let single = subscribers.len() == 1;
+            for (j, sub) in subscribers.into_iter().enumerate() {
+                let bid = if single {
+                    id.clone()
+                } else {
+                    BranchId::new(format!("{id}-{:02}", j + 1))
+                };
+                out.push(Branch::new(
+                    gid,
+                    bid,
+                    Op::Action,
+                    sub.url,
+                    body.clone(),
+                    now,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A prepared msg that its client aborts fails at once: nothing was sent.
+    fn fails_on_abort(&self, status: GlobalStatus) -> bool {
+        status == GlobalStatus::Prepared
+    }
+
+    /// A submitted msg without delay whose actions all have empty URLs.
+    fn calls_nothing(&self, txn: &GlobalTxn, branches: &[Branch]) -> bool {
+        txn.status == GlobalStatus::Submitted
+            && delay_secs(&txn.custom_data) == Ok(0)
+            && branches.iter().all(|b| b.url.is_empty())
+    }
+
+    async fn process(&self, pass: &mut Pass<'_>) -> Step {
+        process(pass).await
     }
 }
 

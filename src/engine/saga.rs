@@ -17,8 +17,10 @@
 use std::collections::BTreeMap;
 
 use super::driver::{Calls, Pass, Step};
+use super::kind::{Kind, step_bodies};
+use super::{Engine, Result as EngineResult, TxnRequest};
 use crate::invoke::CallOutcome;
-use crate::model::{BranchStatus, GlobalStatus, Op};
+use crate::model::{Branch, BranchId, BranchStatus, GlobalStatus, GlobalTxn, Millis, Op};
 
 /// The saga's step graph.
 struct Steps {
@@ -262,6 +264,63 @@ pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
         pass.set_status(GlobalStatus::Failed, None);
     }
     Ok(())
+}
+
+/// The saga type: branches from its steps, and its pass.
+pub(crate) struct Saga;
+
+#[async_trait::async_trait]
+impl Kind for Saga {
+    fn check_custom_data(&self, custom_data: &str, steps: usize) -> Result<(), String> {
+        parse_custom(custom_data, steps).map(|_| ())
+    }
+
+    /// Per step a compensation, then an action, with the step's body.
+    async fn initial_branches(
+        &self,
+        _engine: &Engine,
+        req: &TxnRequest,
+        now: Millis,
+    ) -> EngineResult<Vec<Branch>> {
+        let bodies = step_bodies(req);
+        let mut out = Vec::with_capacity(req.steps.len() * 2);
+        for (i, step) in req.steps.iter().enumerate() {
+            let id = BranchId::for_step(i);
+            let url = |k: &str| step.get(k).cloned().unwrap_or_default();
+            let body = bodies.get(i).cloned().unwrap_or_default();
+            out.push(Branch::new(
+                &req.gid,
+                id.clone(),
+                Op::Compensate,
+                url("compensate"),
+                body.clone(),
+                now,
+            ));
+            out.push(Branch::new(
+                &req.gid,
+                id,
+                Op::Action,
+                url("action"),
+                body,
+                now,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A submitted saga whose actions all have empty URLs: an empty URL succeeds without a call, so no
+    /// action fails and no compensation runs.
+    fn calls_nothing(&self, txn: &GlobalTxn, branches: &[Branch]) -> bool {
+        txn.status == GlobalStatus::Submitted
+            && branches
+                .iter()
+                .filter(|b| b.op == Op::Action)
+                .all(|b| b.url.is_empty())
+    }
+
+    async fn process(&self, pass: &mut Pass<'_>) -> Step {
+        process(pass).await
+    }
 }
 
 #[cfg(test)]

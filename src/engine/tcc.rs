@@ -3,8 +3,12 @@
 //! every branch, including those whose try failed. Both walk the branches in reverse registration order and
 //! stop at the first that does not succeed; the next pass continues from there.
 
+use std::collections::BTreeMap;
+
+use super::Result as EngineResult;
 use super::driver::{Pass, Step};
-use crate::model::{BranchStatus, GlobalStatus, Op};
+use super::kind::Kind;
+use crate::model::{Branch, BranchId, BranchStatus, Gid, GlobalStatus, Millis, Op};
 
 pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
     phase_two(pass, Op::Confirm, Op::Cancel, true).await
@@ -57,4 +61,67 @@ pub(crate) async fn phase_two(
     }
     pass.set_status(done, None);
     Ok(())
+}
+
+/// The TCC type: `[cancel, confirm]` rows per registered branch, and its pass.
+pub(crate) struct Tcc;
+
+#[async_trait::async_trait]
+impl Kind for Tcc {
+    fn registered_branches(
+        &self,
+        gid: &Gid,
+        branch_id: &BranchId,
+        data: Vec<u8>,
+        fields: &BTreeMap<String, String>,
+        now: Millis,
+    ) -> EngineResult<Vec<Branch>> {
+        Ok(phase_two_rows(
+            gid,
+            branch_id,
+            data,
+            (Op::Cancel, field(fields, "cancel")),
+            (Op::Confirm, field(fields, "confirm")),
+            now,
+        ))
+    }
+
+    fn submit_follows_prepare(&self) -> bool {
+        true
+    }
+
+    fn rolls_back_on_abort(&self, status: GlobalStatus) -> bool {
+        matches!(status, GlobalStatus::Prepared | GlobalStatus::Aborting)
+    }
+
+    async fn process(&self, pass: &mut Pass<'_>) -> Step {
+        process(pass).await
+    }
+}
+
+/// A registered field (empty when absent).
+pub(crate) fn field(fields: &BTreeMap<String, String>, k: &str) -> String {
+    fields.get(k).cloned().unwrap_or_default()
+}
+
+/// The two rows of a TCC or XA branch: the rollback row first, then the commit row.
+pub(crate) fn phase_two_rows(
+    gid: &Gid,
+    branch_id: &BranchId,
+    data: Vec<u8>,
+    (rollback_op, rollback_url): (Op, String),
+    (commit_op, commit_url): (Op, String),
+    now: Millis,
+) -> Vec<Branch> {
+    vec![
+        Branch::new(
+            gid,
+            branch_id.clone(),
+            rollback_op,
+            rollback_url,
+            data.clone(),
+            now,
+        ),
+        Branch::new(gid, branch_id.clone(), commit_op, commit_url, data, now),
+    ]
 }

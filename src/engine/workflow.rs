@@ -6,8 +6,12 @@
 use base64::Engine as _;
 use prost::Message as _;
 
+use std::collections::BTreeMap;
+
 use super::driver::{Pass, Step};
-use crate::model::Protocol;
+use super::kind::Kind;
+use super::{Error as EngineError, Result as EngineResult};
+use crate::model::{Branch, BranchId, BranchStatus, Gid, Millis, Op, Protocol};
 use crate::proto::workflow::WorkflowData;
 
 pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
@@ -40,4 +44,54 @@ pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
     let outcome = pass.call_url(url, "00", &name, body).await?;
     pass.note(&outcome);
     Ok(())
+}
+
+/// The workflow type: its client records each step with `registerBranch` (`op`, `status`); the server
+/// only resumes it.
+pub(crate) struct Workflow;
+
+#[async_trait::async_trait]
+impl Kind for Workflow {
+    fn check_custom_data(&self, custom_data: &str, _steps: usize) -> Result<(), String> {
+        if custom_data.trim().is_empty() {
+            return Ok(());
+        }
+        serde_json::from_str::<serde_json::Value>(custom_data)
+            .map(|_| ())
+            .map_err(|e| format!("custom_data is not valid JSON: {e}"))
+    }
+
+    fn registered_branches(
+        &self,
+        gid: &Gid,
+        branch_id: &BranchId,
+        data: Vec<u8>,
+        fields: &BTreeMap<String, String>,
+        now: Millis,
+    ) -> EngineResult<Vec<Branch>> {
+        let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+        let op: Op = get("op")
+            .parse()
+            .map_err(|e| EngineError::BadRequest(format!("field 'op': {e}")))?;
+        let status: BranchStatus = get("status")
+            .parse()
+            .map_err(|e| EngineError::BadRequest(format!("field 'status': {e}")))?;
+        let mut b = Branch::new(gid, branch_id.clone(), op, String::new(), data, now);
+        b.status = status;
+        match status {
+            BranchStatus::Succeed => b.finish_time = Some(now),
+            BranchStatus::Failed => b.rollback_time = Some(now),
+            BranchStatus::Prepared => {}
+        }
+        Ok(vec![b])
+    }
+
+    /// Its client drives it; a prepared workflow is resumed at its retry time, not failed at a timeout.
+    fn wakes_at_timeout(&self) -> bool {
+        false
+    }
+
+    async fn process(&self, pass: &mut Pass<'_>) -> Step {
+        process(pass).await
+    }
 }

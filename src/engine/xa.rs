@@ -4,10 +4,13 @@
 //! retried with backoff until its resource manager confirms; [`stuck_phase2`] counts such transactions for
 //! the `braid_xa_phase2_stuck_transactions` gauge, so nobody has to find them by hand (DTM #470).
 
+use std::collections::BTreeMap;
+
 use super::driver::{Pass, Step, base_interval};
-use super::tcc::phase_two;
-use super::{EngineOptions, Inner};
-use crate::model::{GlobalStatus, Op, TransType};
+use super::kind::Kind;
+use super::tcc::{field, phase_two, phase_two_rows};
+use super::{EngineOptions, Inner, Result as EngineResult};
+use crate::model::{Branch, BranchId, Gid, GlobalStatus, Millis, Op, TransType};
 use crate::store::{self, ScanFilter};
 
 /// Most XA transactions [`stuck_phase2`] looks at (newest first), to bound the cost of a scrape.
@@ -52,4 +55,41 @@ async fn count_stuck(inner: &Inner, status: GlobalStatus) -> store::Result<i64> 
 
 fn is_retrying(interval: i64, options: &crate::model::TransOptions, opts: &EngineOptions) -> bool {
     interval > base_interval(options, opts)
+}
+
+/// The XA type: `[rollback, commit]` rows per registered branch (one URL for both), and its pass.
+pub(crate) struct Xa;
+
+#[async_trait::async_trait]
+impl Kind for Xa {
+    fn registered_branches(
+        &self,
+        gid: &Gid,
+        branch_id: &BranchId,
+        data: Vec<u8>,
+        fields: &BTreeMap<String, String>,
+        now: Millis,
+    ) -> EngineResult<Vec<Branch>> {
+        let url = field(fields, "url");
+        Ok(phase_two_rows(
+            gid,
+            branch_id,
+            data,
+            (Op::Rollback, url.clone()),
+            (Op::Commit, url),
+            now,
+        ))
+    }
+
+    fn submit_follows_prepare(&self) -> bool {
+        true
+    }
+
+    fn rolls_back_on_abort(&self, status: GlobalStatus) -> bool {
+        matches!(status, GlobalStatus::Prepared | GlobalStatus::Aborting)
+    }
+
+    async fn process(&self, pass: &mut Pass<'_>) -> Step {
+        process(pass).await
+    }
 }
