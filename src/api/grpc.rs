@@ -25,6 +25,8 @@ impl From<Error> for Status {
             Error::BadRequest(m) => Status::invalid_argument(m),
             Error::PayloadTooLarge(m) => Status::resource_exhausted(m),
             Error::NotFound(m) => Status::not_found(m),
+            Error::Forbidden(m) => Status::permission_denied(m),
+            Error::UnsupportedMediaType(m) => Status::invalid_argument(m),
             Error::Failure(m) => Status::aborted(m),
             Error::Ongoing(m) => Status::failed_precondition(m),
             Error::Unavailable(m) => Status::unavailable(m),

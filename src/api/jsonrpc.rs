@@ -26,7 +26,8 @@ fn code_of(e: &Error) -> i64 {
     match e {
         Error::Failure(_) => -32901,
         Error::Ongoing(_) => -32902,
-        Error::BadRequest(_) | Error::PayloadTooLarge(_) => -32602,
+        Error::BadRequest(_) | Error::PayloadTooLarge(_) | Error::UnsupportedMediaType(_) => -32602,
+        Error::Forbidden(_) => -32600,
         Error::NotFound(_) | Error::Unavailable(_) | Error::Internal(_) => -32603,
     }
 }

@@ -76,6 +76,12 @@ pub enum Error {
     /// limit: 413.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A request a browser made for another site: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A body in a media type the route does not take: 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// DTM FAILURE: 409.
     #[error("{0}")]
     Failure(String),
@@ -96,6 +102,8 @@ impl Error {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Failure(_) => StatusCode::CONFLICT,
             Self::Ongoing(_) => StatusCode::TOO_EARLY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -147,6 +155,8 @@ impl IntoResponse for Error {
             Self::Failure(m) => json!({"dtm_result": "FAILURE", "message": m}),
             Self::Ongoing(m) => json!({"dtm_result": "ONGOING", "message": m}),
             Self::BadRequest(m)
+            | Self::Forbidden(m)
+            | Self::UnsupportedMediaType(m)
             | Self::NotFound(m)
             | Self::PayloadTooLarge(m)
             | Self::Unavailable(m)
@@ -206,8 +216,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics", get(metrics_text))
         .route("/", get(admin_page))
         .route("/admin", get(admin_page))
+        .route("/admin.js", get(admin_script))
+        .route("/admin.css", get(admin_style))
         .route("/api/braid/cluster", get(cluster_view))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn(same_site_only))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
@@ -216,9 +229,71 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The admin page's Content-Security-Policy: its script and style come from braid itself, it talks to
+/// braid only, and no other site may frame it.
+const ADMIN_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+     img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// An admin asset with its type and the page's security headers.
+fn admin_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CONTENT_SECURITY_POLICY, ADMIN_CSP),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
+            (axum::http::header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// The admin page: list, filter and inspect transactions; force-stop or retry one now.
-async fn admin_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("admin.html"))
+async fn admin_page() -> Response {
+    admin_asset("text/html; charset=utf-8", include_str!("admin.html"))
+}
+
+async fn admin_script() -> Response {
+    admin_asset("text/javascript; charset=utf-8", include_str!("admin.js"))
+}
+
+async fn admin_style() -> Response {
+    admin_asset("text/css; charset=utf-8", include_str!("admin.css"))
+}
+
+/// Refuses what a browser sends on behalf of another site (CSRF), before any handler runs:
+/// - `Sec-Fetch-Site: cross-site` (browsers send it on every request, also on `<img>` and form posts);
+/// - an `Origin` whose host differs from the request's `Host` (browsers send it on cross-origin POSTs);
+/// - a body that is not JSON on the routes the admin page changes state with (`forceStop`,
+///   `resetNextCronTime`): a cross-site form can only send text, form or multipart bodies.
+///
+/// SDKs and other servers send none of these headers and are not affected.
+async fn same_site_only(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let forbidden = |why: &str| Error::Forbidden(why.to_owned()).into_response();
+    if header("sec-fetch-site") == Some("cross-site") {
+        return forbidden("cross-site requests are refused");
+    }
+    if let Some(origin) = header("origin") {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if origin == "null" || Some(origin_host) != header("host") {
+            return forbidden("requests from another origin are refused");
+        }
+    }
+    let path = req.uri().path();
+    let json = header("content-type").is_some_and(|c| c.starts_with("application/json"));
+    if req.method() == axum::http::Method::POST
+        && (path.ends_with("/forceStop") || path.ends_with("/resetNextCronTime"))
+        && !json
+    {
+        return Error::UnsupportedMediaType(
+            "this route takes a JSON body (Content-Type: application/json)".to_owned(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// `GET /api/braid/cluster`: `{"node_id", "partitions", "members": [{"node_id", "partitions": [..]}]}`.

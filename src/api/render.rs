@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use crate::model::{Branch, GlobalTxn, KvRecord, Millis};
+use crate::model::{Branch, GlobalTxn, KvRecord, Millis, TransOptions};
 
 fn put_str(m: &mut Map<String, Value>, k: &str, v: &str) {
     if !v.is_empty() {
@@ -24,7 +24,31 @@ fn put_num(m: &mut Map<String, Value>, k: &str, v: i64) {
     }
 }
 
-/// A global transaction.
+/// Whether a branch header carries a secret by its name: `Authorization`, `Proxy-Authorization`, `Cookie`,
+/// or a name containing `token`, `secret`, `key`, `password` or `session` (any case). Such values are shown
+/// as `***` wherever braid renders a transaction; branches still receive them unchanged.
+pub(crate) fn is_sensitive_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    ) || ["token", "secret", "key", "password", "session"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+/// The options as rendered: sensitive branch header values masked.
+fn shown_options(o: &TransOptions) -> TransOptions {
+    let mut shown = o.clone();
+    for (name, value) in &mut shown.branch_headers {
+        if is_sensitive_header(name) {
+            "***".clone_into(value);
+        }
+    }
+    shown
+}
+
+/// A global transaction (sensitive branch header values masked).
 pub(crate) fn txn(t: &GlobalTxn) -> Value {
     let mut m = Map::new();
     m.insert("id".into(), json!(t.id));
@@ -39,16 +63,16 @@ pub(crate) fn txn(t: &GlobalTxn) -> Value {
     put_time(&mut m, "rollback_time", t.rollback_time);
     put_str(&mut m, "result", &t.result);
     put_str(&mut m, "rollback_reason", &t.rollback_reason);
+    let o = shown_options(&t.options);
     put_str(
         &mut m,
         "options",
-        &serde_json::to_string(&t.options).unwrap_or_default(),
+        &serde_json::to_string(&o).unwrap_or_default(),
     );
     put_str(&mut m, "custom_data", &t.custom_data);
     put_num(&mut m, "next_cron_interval", t.next_cron_interval);
     put_time(&mut m, "next_cron_time", t.next_cron_time);
     put_str(&mut m, "owner", &t.owner);
-    let o = &t.options;
     if o.wait_result {
         m.insert("wait_result".into(), json!(true));
     }
@@ -99,4 +123,32 @@ pub(crate) fn kv(r: &KvRecord) -> Value {
         "v": r.v,
         "version": r.version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_header_values_are_masked_everywhere_they_are_shown() {
+        let mut t = crate::store::testing::txn("g");
+        t.options.branch_headers = [
+            ("Authorization", "Bearer abc"),
+            ("X-Api-Key", "k1"),
+            ("x-session-id", "s1"),
+            ("X-Trace", "visible"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let shown = txn(&t).to_string();
+        for secret in ["Bearer abc", "k1", "s1"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("visible"), "{shown}");
+        assert_eq!(
+            t.options.branch_headers["Authorization"], "Bearer abc",
+            "stored unchanged"
+        );
+    }
 }

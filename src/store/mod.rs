@@ -257,20 +257,30 @@ pub fn redact_dsn(dsn: &str) -> String {
     let Some((scheme, rest)) = dsn.split_once("://") else {
         return dsn.to_owned();
     };
-    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+    // A password may hold `/`, `#`, `?` or `@`; a host holds none of them. So the user part ends at the last
+    // `@` (DSN query options hold none).
+    let Some(at) = rest.rfind('@') else {
         return dsn.to_owned();
     };
+    let (userinfo, after) = (&rest[..at], &rest[at + 1..]);
     let Some((user, _password)) = userinfo.split_once(':') else {
         return dsn.to_owned();
     };
-    let sep = if rest.contains('/') { "/" } else { "" };
-    format!("{scheme}://{user}:***@{host}{sep}{tail}")
+    format!("{scheme}://{user}:***@{after}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_passwords_with_any_character() {
+        for password in ["pa/ss", "pa#ss", "p@ss", "a:b/c?d"] {
+            let dsn = format!("mysql://root:{password}@db:3306/braid?x=1");
+            let shown = redact_dsn(&dsn);
+            assert_eq!(shown, "mysql://root:***@db:3306/braid?x=1", "{password}");
+        }
+    }
 
     #[test]
     fn redacts_passwords_only() {

@@ -1,0 +1,194 @@
+//! What keeps braid safe to expose that needs no configuration: the admin page's escaping and its
+//! Content-Security-Policy, the refusal of cross-site requests (CSRF), and secrets that are never shown
+//! (sensitive branch headers in `query`/`all`).
+
+// Panicking is how a test fails; clippy's allow-*-in-tests does not reach the scenario fns and the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::json;
+use support::{Backend, TestServer, gid};
+
+const HOSTILE: &[&str] = &[
+    r#"x" onmouseover="alert(1)" y=""#,
+    "<img src=x onerror=alert(1)>",
+    "'><script>alert(1)</script>",
+    "`${alert(1)}`",
+    "&lt;already&gt;",
+];
+
+/// The page's `text()` (every value goes through it before it lands in markup) run by node on hostile
+/// strings: nothing that can end an attribute, open a tag or start a template survives.
+#[test]
+fn the_admin_page_escapes_every_character_that_changes_markup() {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/admin.js"),
+    )
+    .unwrap();
+    let escapes = script
+        .lines()
+        .filter(|l| l.starts_with("const ESCAPES") || l.starts_with("function text("))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(escapes.contains("function text("), "{escapes}");
+    let program = format!(
+        "{escapes}\nconsole.log(JSON.stringify({}.map(text)));",
+        serde_json::to_string(HOSTILE).unwrap()
+    );
+    let Ok(out) = std::process::Command::new("node")
+        .args(["-e", &program])
+        .output()
+    else {
+        eprintln!("node is not installed; skipping the escaping check");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let escaped: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    for (raw, e) in HOSTILE.iter().zip(&escaped) {
+        for c in ['<', '>', '"', '\'', '`'] {
+            assert!(!e.contains(c), "{raw:?} -> {e:?} keeps {c:?}");
+        }
+    }
+    assert_eq!(escaped[4], "&amp;lt;already&amp;gt;", "& is escaped first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_runs_no_inline_script_under_a_strict_policy() {
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let http = reqwest::Client::new();
+    for (path, kind) in [
+        ("/admin", "text/html"),
+        ("/admin.js", "text/javascript"),
+        ("/admin.css", "text/css"),
+    ] {
+        let r = http
+            .get(format!("http://{}{path}", ts.server.http_addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(h("content-type").starts_with(kind), "{path}");
+        let csp = h("content-security-policy");
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(h("x-content-type-options"), "nosniff");
+    }
+    let page = http
+        .get(format!("http://{}/admin", ts.server.http_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<script>"), "no inline script");
+    assert!(page.contains(r#"<script src="/admin.js">"#));
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_are_refused_and_sdks_are_not() {
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let g = gid("csrf");
+    let (status, reply) = ts
+        .post("prepare", &json!({"gid": g, "trans_type": "tcc"}))
+        .await;
+    assert_eq!(
+        status, 200,
+        "an SDK (no Origin, no Sec-Fetch-Site) works: {reply}"
+    );
+    let http = reqwest::Client::new();
+    let base = ts.dtm();
+    let force_stop = |origin: Option<&str>, content_type: &str| {
+        let mut req = http
+            .post(format!("{base}/forceStop"))
+            .header("content-type", content_type)
+            .body(json!({"gid": g}).to_string());
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    let host = ts.server.http_addr.to_string();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(
+            force_stop(Some("https://evil.example"), "application/json")
+                .await
+                .unwrap()
+        ),
+        403,
+        "another origin"
+    );
+    assert_eq!(
+        status(force_stop(Some("null"), "application/json").await.unwrap()),
+        403,
+        "an opaque origin"
+    );
+    assert_eq!(
+        status(force_stop(None, "text/plain").await.unwrap()),
+        415,
+        "a body a cross-site form could send"
+    );
+    assert_eq!(
+        status(
+            force_stop(None, "application/x-www-form-urlencoded")
+                .await
+                .unwrap()
+        ),
+        415
+    );
+    let img = http
+        .get(format!("{base}/subscribe"))
+        .query(&[("topic", "t"), ("url", "http://127.0.0.1:1/x")])
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(img.status().as_u16(), 403, "a cross-site <img> subscribe");
+    assert_eq!(ts.status(&g).await, "prepared", "nothing was stopped");
+    // The admin page itself: same origin, JSON.
+    let own = format!("http://{host}");
+    assert_eq!(
+        status(force_stop(Some(&own), "application/json").await.unwrap()),
+        200
+    );
+    assert_eq!(ts.status(&g).await, "failed");
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_branch_headers_are_masked_in_query_and_all() {
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let g = gid("secret");
+    let body = json!({"gid": g, "trans_type": "tcc", "branch_headers": {
+        "Authorization": "Bearer s3cr3t", "X-Api-Key": "k3y", "X-Trace": "visible"}});
+    let (status, reply) = ts.post("prepare", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let query = ts.query(&g).await.to_string();
+    let (_, all) = ts.get("all").await;
+    for shown in [query, all.to_string()] {
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("visible") && shown.contains("***"),
+            "{shown}"
+        );
+    }
+    ts.stop().await;
+}
