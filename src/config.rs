@@ -758,7 +758,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::collections::{BTreeMap, HashMap};
 
     use super::*;
 
@@ -969,6 +969,331 @@ mod tests {
         };
         let err = Config::load_with(&zero, &env(&[])).unwrap_err().to_string();
         assert!(err.contains("max-concurrent-requests"), "{err}");
+    }
+
+    /// Every setting as (flag = YAML key, `BRAID_*` env, a value, another value, what the other value
+    /// reads as). Both values differ from the defaults, and each column is a valid configuration.
+    type Setting = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    const SETTINGS: &[Setting] = &[
+        ("http-port", "BRAID_HTTP_PORT", "1001", "1101", "1101"),
+        ("grpc-port", "BRAID_GRPC_PORT", "1002", "1102", "1102"),
+        ("bind", "BRAID_BIND", "127.0.0.2", "127.0.0.3", "127.0.0.3"),
+        (
+            "store",
+            "BRAID_STORE",
+            "mysql://a@h:3306/x",
+            "mysql://b@h:3306/y",
+            "mysql://b@h:3306/y",
+        ),
+        ("retry-interval", "BRAID_RETRY_INTERVAL", "11", "12", "12"),
+        ("timeout-to-fail", "BRAID_TIMEOUT_TO_FAIL", "36", "37", "37"),
+        ("request-timeout", "BRAID_REQUEST_TIMEOUT", "4", "5", "5"),
+        ("scan-interval", "BRAID_SCAN_INTERVAL", "2", "3", "3"),
+        ("backoff-cap", "BRAID_BACKOFF_CAP", "3000", "3001", "3001"),
+        ("retention", "BRAID_RETENTION", "100", "0", "0"),
+        ("node-id", "BRAID_NODE_ID", "n1", "n2", "n2"),
+        ("partitions", "BRAID_PARTITIONS", "32", "16", "16"),
+        (
+            "lease-backend",
+            "BRAID_LEASE_BACKEND",
+            "sql",
+            "kubernetes",
+            "kubernetes",
+        ),
+        ("lease-duration", "BRAID_LEASE_DURATION", "20", "30", "30"),
+        (
+            "lease-renew-deadline",
+            "BRAID_LEASE_RENEW_DEADLINE",
+            "12",
+            "13",
+            "13",
+        ),
+        (
+            "lease-retry-period",
+            "BRAID_LEASE_RETRY_PERIOD",
+            "3",
+            "4",
+            "4",
+        ),
+        (
+            "lease-namespace",
+            "BRAID_LEASE_NAMESPACE",
+            "ns1",
+            "ns3",
+            "ns3",
+        ),
+        ("lease-prefix", "BRAID_LEASE_PREFIX", "p1", "p2", "p2"),
+        (
+            "alert-webhook",
+            "BRAID_ALERT_WEBHOOK",
+            "http://a/h",
+            "http://b/h",
+            "http://b/h",
+        ),
+        (
+            "alert-retry-limit",
+            "BRAID_ALERT_RETRY_LIMIT",
+            "5",
+            "6",
+            "6",
+        ),
+        ("log-level", "BRAID_LOG_LEVEL", "debug", "warn", "warn"),
+        ("log-format", "BRAID_LOG_FORMAT", "json", "json", "json"),
+        ("kubernetes", "BRAID_KUBERNETES", "off", "on", "on"),
+        (
+            "kube-namespace",
+            "BRAID_KUBE_NAMESPACE",
+            "ns2",
+            "ns4",
+            "ns4",
+        ),
+        ("writer-pipeline", "BRAID_WRITER_PIPELINE", "3", "4", "4"),
+        (
+            "writer-max-batch",
+            "BRAID_WRITER_MAX_BATCH",
+            "50",
+            "60",
+            "60",
+        ),
+        (
+            "writer-max-wait-ms",
+            "BRAID_WRITER_MAX_WAIT_MS",
+            "7",
+            "8",
+            "8",
+        ),
+        (
+            "writer-max-batch-bytes",
+            "BRAID_WRITER_MAX_BATCH_BYTES",
+            "2097152",
+            "1Mi",
+            "1048576",
+        ),
+        (
+            "max-inflight-bytes",
+            "BRAID_MAX_INFLIGHT_BYTES",
+            "67108864",
+            "48Mi",
+            "50331648",
+        ),
+        (
+            "max-concurrent-requests",
+            "BRAID_MAX_CONCURRENT_REQUESTS",
+            "10",
+            "11",
+            "11",
+        ),
+        ("max-connections", "BRAID_MAX_CONNECTIONS", "20", "21", "21"),
+        (
+            "header-read-timeout",
+            "BRAID_HEADER_READ_TIMEOUT",
+            "5",
+            "6",
+            "6",
+        ),
+        ("idle-timeout", "BRAID_IDLE_TIMEOUT", "30", "31", "31"),
+    ];
+
+    /// DTM's environment names with a value, and the settings they give.
+    const DTM_ENV: &[(&str, &str)] = &[
+        ("HTTP_PORT", "2001"),
+        ("GRPC_PORT", "2002"),
+        ("RETRY_INTERVAL", "21"),
+        ("TIMEOUT_TO_FAIL", "46"),
+        ("REQUEST_TIMEOUT", "6"),
+        ("TRANS_CRON_INTERVAL", "4"),
+        ("LOG_LEVEL", "error"),
+        ("ALERT_WEB_HOOK", "http://dtm/h"),
+        ("ALERT_RETRY_LIMIT", "7"),
+        ("STORE_DRIVER", "mysql"),
+        ("STORE_HOST", "dh"),
+        ("STORE_PORT", "3307"),
+        ("STORE_USER", "du"),
+        ("STORE_PASSWORD", "dp"),
+        ("STORE_DB", "ddb"),
+        ("POD_NAMESPACE", "podns"),
+    ];
+    const FROM_DTM_ENV: &[(&str, &str)] = &[
+        ("http-port", "2001"),
+        ("grpc-port", "2002"),
+        ("retry-interval", "21"),
+        ("timeout-to-fail", "46"),
+        ("request-timeout", "6"),
+        ("scan-interval", "4"),
+        ("log-level", "error"),
+        ("alert-webhook", "http://dtm/h"),
+        ("alert-retry-limit", "7"),
+        ("store", "mysql://du:dp@dh:3307/ddb"),
+    ];
+
+    /// What a loaded configuration says, keyed by flag name, in the form the flags take.
+    fn observed(c: &Config) -> BTreeMap<&'static str, String> {
+        fn opt<T: ToString>(v: &Option<T>) -> String {
+            v.as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string)
+        }
+        fn name<T: ValueEnum>(v: T) -> String {
+            v.to_possible_value()
+                .map(|p| p.get_name().to_owned())
+                .unwrap_or_default()
+        }
+        BTreeMap::from([
+            ("http-port", c.http_port.to_string()),
+            ("grpc-port", c.grpc_port.to_string()),
+            ("bind", c.bind.clone()),
+            ("store", c.store.clone()),
+            ("retry-interval", c.retry_interval.to_string()),
+            ("timeout-to-fail", c.timeout_to_fail.to_string()),
+            ("request-timeout", c.request_timeout.to_string()),
+            ("scan-interval", c.scan_interval.to_string()),
+            ("backoff-cap", c.backoff_cap.to_string()),
+            ("retention", c.retention.to_string()),
+            ("node-id", c.node_id.clone()),
+            ("partitions", c.partitions.to_string()),
+            ("lease-backend", name(c.lease_backend)),
+            ("lease-duration", c.lease_duration.to_string()),
+            ("lease-renew-deadline", c.lease_renew_deadline.to_string()),
+            ("lease-retry-period", c.lease_retry_period.to_string()),
+            ("lease-namespace", opt(&c.lease_namespace)),
+            ("lease-prefix", c.lease_prefix.clone()),
+            ("alert-webhook", opt(&c.alert_webhook)),
+            ("alert-retry-limit", c.alert_retry_limit.to_string()),
+            ("log-level", c.log_level.clone()),
+            ("log-format", name(c.log_format)),
+            ("kubernetes", name(c.kube.mode)),
+            ("kube-namespace", opt(&c.kube.namespace)),
+            ("writer-pipeline", opt(&c.writer_pipeline)),
+            ("writer-max-batch", c.writer_max_batch.to_string()),
+            ("writer-max-wait-ms", c.writer_max_wait_ms.to_string()),
+            ("writer-max-batch-bytes", opt(&c.writer_max_batch_bytes)),
+            ("max-inflight-bytes", c.max_inflight_bytes.to_string()),
+            (
+                "max-concurrent-requests",
+                c.max_concurrent_requests.to_string(),
+            ),
+            ("max-connections", c.max_connections.to_string()),
+            ("header-read-timeout", c.header_read_timeout.to_string()),
+            ("idle-timeout", c.idle_timeout.to_string()),
+        ])
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> ServeArgs {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("braid").chain(argv.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    fn yaml_file(lines: impl Iterator<Item = String>) -> String {
+        let dir = std::env::temp_dir().join(format!("braid-cfg-{}", crate::model::short_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("braid.yaml");
+        std::fs::write(&file, lines.collect::<Vec<_>>().join("\n")).unwrap();
+        file.display().to_string()
+    }
+
+    /// The contract of flags, env names and YAML keys: each one still sets its setting, and flags beat
+    /// DTM's env names, which beat the file, which beats the defaults.
+    #[test]
+    fn every_flag_env_name_and_file_key_sets_its_setting() {
+        let defaults = observed(&Config::load_with(&ServeArgs::default(), &env(&[])).unwrap());
+        let column = |pick: fn(&Setting) -> &'static str| {
+            SETTINGS
+                .iter()
+                .map(|s| (s.0, pick(s).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let (a, b) = (column(|s| s.2), column(|s| s.4));
+        assert_eq!(a.len(), defaults.len(), "every setting is listed");
+        for (key, v) in &a {
+            assert_ne!(&defaults[key], v, "{key}: the test value is the default");
+            // log-format has only one value besides the default.
+            if *key != "log-format" {
+                assert_ne!(&b[key], v, "{key}: the two test values are equal");
+            }
+        }
+
+        // Flags, and the BRAID_* env name of each.
+        let mut argv = Vec::new();
+        for (flag, _, v, _, _) in SETTINGS {
+            argv.push(format!("--{flag}"));
+            argv.push((*v).to_owned());
+        }
+        let args = parse(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(observed(&Config::load_with(&args, &env(&[])).unwrap()), a);
+        let command = <Cli as clap::CommandFactory>::command();
+        let envs: BTreeMap<String, String> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                let long = arg.get_long()?.to_owned();
+                Some((long, arg.get_env()?.to_str()?.to_owned()))
+            })
+            .collect();
+        let mut expected: BTreeMap<String, String> = SETTINGS
+            .iter()
+            .map(|s| (s.0.to_owned(), s.1.to_owned()))
+            .collect();
+        expected.insert("config".to_owned(), "BRAID_CONFIG".to_owned());
+        assert_eq!(envs, expected);
+        let short = command.get_arguments().find(|a| a.get_short() == Some('c'));
+        assert_eq!(short.and_then(|a| a.get_long()), Some("config"));
+
+        // The YAML file, given with --config and with -c.
+        let file = yaml_file(SETTINGS.iter().map(|s| format!("{}: {}", s.0, s.3)));
+        for flag in ["--config", "-c"] {
+            let cfg = Config::load_with(&parse(&[flag, &file]), &env(&[])).unwrap();
+            assert_eq!(observed(&cfg), b);
+        }
+
+        // DTM's env names, alone and over the file; POD_NAMESPACE and KUBERNETES_SERVICE_HOST give the
+        // lease namespace and backend when nothing else does.
+        let mut dtm = defaults.clone();
+        dtm.extend(FROM_DTM_ENV.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        dtm.insert("lease-namespace", "podns".to_owned());
+        dtm.insert("lease-backend", "kubernetes".to_owned());
+        let mut pod_env = DTM_ENV.to_vec();
+        pod_env.push(("KUBERNETES_SERVICE_HOST", "10.0.0.1"));
+        let cfg = Config::load_with(&ServeArgs::default(), &env(&pod_env)).unwrap();
+        assert_eq!(observed(&cfg), dtm);
+        let mut over_file = b.clone();
+        over_file.extend(FROM_DTM_ENV.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let cfg = Config::load_with(&parse(&["-c", &file]), &env(&pod_env)).unwrap();
+        assert_eq!(observed(&cfg), over_file, "DTM's env beats the file");
+
+        // Flags beat everything.
+        argv.extend(["--config".to_owned(), file]);
+        let args = parse(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            observed(&Config::load_with(&args, &env(&pod_env)).unwrap()),
+            a
+        );
+
+        // DTM's store driver boltdb is the embedded store; empty values count as unset.
+        let cfg = Config::load_with(
+            &ServeArgs::default(),
+            &env(&[
+                ("STORE_DRIVER", "boltdb"),
+                ("HTTP_PORT", ""),
+                ("LOG_LEVEL", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(observed(&cfg), defaults);
+        let cfg =
+            Config::load_with(&ServeArgs::default(), &env(&[("STORE_DRIVER", "mysql")])).unwrap();
+        assert_eq!(cfg.store, "mysql://root@127.0.0.1:3306/dtm");
     }
 
     #[test]
