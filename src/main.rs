@@ -122,11 +122,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(other) => return admin(other).await,
     };
     let config = Config::load(&args)?;
-    braid::telemetry::init(&config.log_level, config.log_format)?;
+    braid::telemetry::init(&config.log.level, config.log.format)?;
     match command {
         "migrate" => {
             let cancel = tokio_util::sync::CancellationToken::new();
-            let store = braid::server::open_store(&config.store, &cancel).await?;
+            let store = braid::server::open_store(&config.store.dsn, &cancel).await?;
             tracing::info!(kind = store.kind(), "migrations applied");
             Ok(())
         }

@@ -77,7 +77,7 @@ async fn kube_client(
     if let Some(client) = &opts.kube_client {
         return Ok(Some(client.clone()));
     }
-    if !config.kube.enabled(&|k| std::env::var(k).ok()) {
+    if !config.kube_options().enabled(&|k| std::env::var(k).ok()) {
         return Ok(None);
     }
     match crate::kube::client().await {
@@ -144,7 +144,7 @@ impl Server {
     /// Starts everything the configuration describes.
     pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
-        let store = open_store(&config.store, &cancel).await?;
+        let store = open_store(&config.store.dsn, &cancel).await?;
         let metrics = Arc::new(Metrics::new());
         let clock = StoreClock::from_store(&store)
             .await
@@ -169,7 +169,7 @@ impl Server {
         let kube_cancel = CancellationToken::new();
         let kube = match kube_client(config, &opts).await? {
             Some(client) => {
-                let namespace = crate::kube::namespace(&config.kube, &client);
+                let namespace = crate::kube::namespace(&config.kube_options(), &client);
                 match crate::kube::probe(&client, &namespace).await {
                     Ok(()) => {
                         tracing::info!(namespace = %namespace, "kubernetes integration on: watching TransactionPolicies and EndpointSlices");
@@ -236,12 +236,12 @@ impl Server {
         let scanner =
             Scanner::new(engine.clone(), config.scanner_options()).with_keeper(cluster.clone());
 
-        let addr: SocketAddr = format!("{}:{}", config.bind, config.http_port)
+        let addr: SocketAddr = format!("{}:{}", config.server.bind, config.server.http_port)
             .parse()
             .with_context(|| {
                 format!(
                     "invalid listen address {}:{}",
-                    config.bind, config.http_port
+                    config.server.bind, config.server.http_port
                 )
             })?;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -272,12 +272,12 @@ impl Server {
             )
             .serve(listener, app, axum::body::Body::new, cancel.clone()),
         );
-        let grpc_addr: SocketAddr = format!("{}:{}", config.bind, config.grpc_port)
+        let grpc_addr: SocketAddr = format!("{}:{}", config.server.bind, config.server.grpc_port)
             .parse()
             .with_context(|| {
                 format!(
                     "invalid listen address {}:{}",
-                    config.bind, config.grpc_port
+                    config.server.bind, config.server.grpc_port
                 )
             })?;
         let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
@@ -298,7 +298,7 @@ impl Server {
         let scan = opts
             .scanner
             .then(|| tokio::spawn(scanner.clone().run(cancel.clone())));
-        tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %redact_dsn(&config.store), kind = store.kind(), "braid started");
+        tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %redact_dsn(&config.store.dsn), kind = store.kind(), "braid started");
         Ok(Self {
             http_addr,
             grpc_addr,

@@ -79,12 +79,10 @@ fn grpc_saga(g: &str, payload: usize) -> DtmRequest {
 /// the same requests succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_requests_get_503_with_retry_after_while_probes_answer() {
-    let ts = TestServer::start_with(braid::config::Config {
-        max_inflight_bytes: 8 * 1024 * 1024,
-        max_concurrent_requests: 3,
-        ..test_config(&fresh_dsn(Backend::Sqlite))
-    })
-    .await;
+    let mut config = test_config(&fresh_dsn(Backend::Sqlite));
+    config.limits.max_inflight_bytes = 8 * 1024 * 1024;
+    config.limits.max_concurrent_requests = 3;
+    let ts = TestServer::start_with(config).await;
     let addr = ts.server.http_addr;
     let metrics = ts.server.metrics.clone();
     let submit = format!("{}/submit", ts.dtm());
@@ -235,12 +233,10 @@ async fn idle_sockets_and_half_sent_headers_do_not_stop_ping() {
 /// answers, and the header-read timeout closes the idle sockets, after which the waiting client is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_wait_until_idle_ones_time_out() {
-    let ts = TestServer::start_with(braid::config::Config {
-        max_connections: 20,
-        header_read_timeout: 2,
-        ..test_config(&fresh_dsn(Backend::Sqlite))
-    })
-    .await;
+    let mut config = test_config(&fresh_dsn(Backend::Sqlite));
+    config.limits.max_connections = 20;
+    config.limits.header_read_timeout = Duration::from_secs(2);
+    let ts = TestServer::start_with(config).await;
     let addr = ts.server.http_addr;
     let ping = format!("http://{addr}/api/ping");
     // The gRPC listener shares the slots, so the HTTP client below holds one of them.
@@ -345,11 +341,9 @@ async fn get_with_a_body_gets_the_whole_answer() {
 /// never a 503; smaller writes around it are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_write_gets_413_naming_the_limit() {
-    let ts = TestServer::start_with(braid::config::Config {
-        writer_max_batch_bytes: Some(1024 * 1024),
-        ..test_config(&fresh_dsn(Backend::Sqlite))
-    })
-    .await;
+    let mut config = test_config(&fresh_dsn(Backend::Sqlite));
+    config.writer.max_batch_bytes = Some(1024 * 1024);
+    let ts = TestServer::start_with(config).await;
     // Two branches (action and compensate) of 600 kB each.
     let (status, reply) = ts.post("submit", &big_saga(&gid("big"), 600_000)).await;
     assert_eq!(status, 413, "{reply}");
@@ -372,11 +366,9 @@ async fn oversize_write_gets_413_naming_the_limit() {
 /// what failed before. A msg whose payload fans out to five subscribers can never fit and gets 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_and_small_submits_share_the_writer_on_mariadb() {
-    let ts = TestServer::start_with(braid::config::Config {
-        writer_max_wait_ms: 300,
-        ..test_config(&fresh_dsn(Backend::Mysql))
-    })
-    .await;
+    let mut config = test_config(&fresh_dsn(Backend::Mysql));
+    config.writer.max_wait = Duration::from_millis(300);
+    let ts = TestServer::start_with(config).await;
     let http = reqwest::Client::new();
     let submit = format!("{}/submit", ts.dtm());
     let mut calls = tokio::task::JoinSet::new();

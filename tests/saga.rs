@@ -503,7 +503,7 @@ async fn saga_retry_interval_doubles_on_error(backend: Backend) {
 async fn saga_backoff_is_capped(backend: Backend) {
     let busi = Busi::start().await;
     let mut config = support::test_config(&support::fresh_dsn(backend));
-    config.backoff_cap = 40;
+    config.retry.backoff_cap = Duration::from_secs(40);
     let ts = TestServer::start_with(config).await;
     let g = gid("saga-backoff-cap");
     busi.push("TransOut", &["ERROR"; 4]);

@@ -12,8 +12,8 @@ use support::{Backend, Busi, TestServer, fresh_dsn, gid, test_config};
 
 async fn start_with_alerts(backend: Backend, busi: &Busi) -> TestServer {
     let mut config = test_config(&fresh_dsn(backend));
-    config.alert_webhook = Some(format!("{}/AlertWebHook", busi.url()));
-    config.alert_retry_limit = 3;
+    config.alert.webhook = Some(format!("{}/AlertWebHook", busi.url()));
+    config.alert.retry_limit = 3;
     TestServer::start_with(config).await
 }
 

@@ -54,13 +54,12 @@ pub fn fresh_dsn(backend: Backend) -> String {
 
 /// A config for tests: ephemeral port on loopback, 1-second scans.
 pub fn test_config(dsn: &str) -> Config {
-    Config {
-        http_port: 0,
-        grpc_port: 0,
-        bind: "127.0.0.1".to_owned(),
-        store: dsn.to_owned(),
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.server.http_port = 0;
+    config.server.grpc_port = 0;
+    config.server.bind = "127.0.0.1".to_owned();
+    config.store.dsn = dsn.to_owned();
+    config
 }
 
 /// A running in-process braid with helpers in the spirit of DTM's test suite (spec §14.1).
@@ -101,7 +100,7 @@ impl TestServer {
         Self {
             server,
             http: reqwest::Client::new(),
-            dsn: config.store.clone(),
+            dsn: config.store.dsn.clone(),
             events: tokio::sync::Mutex::new(events),
         }
     }

@@ -130,13 +130,11 @@ impl Braid {
 
     /// Starts a braid replica on an existing store.
     pub async fn start_on(dsn: &str) -> Self {
-        let config = Config {
-            http_port: 0,
-            grpc_port: 0,
-            bind: "127.0.0.1".to_owned(),
-            store: dsn.to_owned(),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.server.http_port = 0;
+        config.server.grpc_port = 0;
+        config.server.bind = "127.0.0.1".to_owned();
+        config.store.dsn = dsn.to_owned();
         let server = Server::start(
             &config,
             StartOptions {
