@@ -272,6 +272,23 @@ settings! {
         idle_timeout => idle_timeout: Duration = Duration::from_secs(60), env "BRAID_IDLE_TIMEOUT",
             from u64 => seconds;
     }
+    /// Tokens and roles of the APIs (see README, "Security"). Prefer the env names: a flag's value shows in
+    /// the process list.
+    auth: AuthConfig {
+        /// The token of the `admin` role (everything).
+        auth_token_admin => token_admin: Option<String> = None, env "BRAID_AUTH_TOKEN_ADMIN",
+            from String => some;
+        /// The token of the `client` role (running transactions).
+        auth_token_client => token_client: Option<String> = None, env "BRAID_AUTH_TOKEN_CLIENT",
+            from String => some;
+        /// What a request without a token gets: `none`, `client` or `admin` (default: `admin` when no
+        /// token is configured, else `client`).
+        auth_anonymous_role => anonymous_role: Option<AnonymousRole> = None,
+            env "BRAID_AUTH_ANONYMOUS_ROLE", from AnonymousRole => some;
+        /// A token `/api/metrics` requires (default: metrics are open).
+        metrics_token => metrics_token: Option<String> = None, env "BRAID_METRICS_TOKEN",
+            from String => some;
+    }
     /// Logging.
     log: LogConfig {
         /// Log filter: a level (`info`) or a `RUST_LOG`-style directive list.
@@ -320,6 +337,36 @@ fn some_bytes(v: ByteSize) -> Result<Option<u64>, String> {
 /// Whole seconds as the signed count the engine and the scanner take.
 fn whole_secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// What a request without a token gets (`--auth-anonymous-role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousRole {
+    /// Nothing but ping and ready.
+    None,
+    /// Running transactions.
+    Client,
+    /// Everything.
+    Admin,
+}
+
+impl Config {
+    /// The APIs' tokens and roles.
+    pub fn auth(&self) -> crate::api::auth::Auth {
+        use crate::api::auth::Role;
+        let anonymous = self.auth.anonymous_role.map(|r| match r {
+            AnonymousRole::None => None,
+            AnonymousRole::Client => Some(Role::Client),
+            AnonymousRole::Admin => Some(Role::Admin),
+        });
+        crate::api::auth::Auth::new(
+            self.auth.token_admin.as_deref(),
+            self.auth.token_client.as_deref(),
+            anonymous,
+            self.auth.metrics_token.as_deref(),
+        )
+    }
 }
 
 /// Log output format.
@@ -960,6 +1007,28 @@ mod tests {
         ),
         ("log-level", "BRAID_LOG_LEVEL", "debug", "warn", "warn"),
         ("log-format", "BRAID_LOG_FORMAT", "json", "json", "json"),
+        (
+            "auth-token-admin",
+            "BRAID_AUTH_TOKEN_ADMIN",
+            "a1",
+            "a2",
+            "a2",
+        ),
+        (
+            "auth-token-client",
+            "BRAID_AUTH_TOKEN_CLIENT",
+            "c1",
+            "c2",
+            "c2",
+        ),
+        (
+            "auth-anonymous-role",
+            "BRAID_AUTH_ANONYMOUS_ROLE",
+            "none",
+            "admin",
+            "admin",
+        ),
+        ("metrics-token", "BRAID_METRICS_TOKEN", "m1", "m2", "m2"),
         ("kubernetes", "BRAID_KUBERNETES", "off", "on", "on"),
         (
             "kube-namespace",
@@ -1082,6 +1151,13 @@ mod tests {
             ("alert-retry-limit", c.alert.retry_limit.to_string()),
             ("log-level", c.log.level.clone()),
             ("log-format", name(c.log.format)),
+            ("auth-token-admin", opt(&c.auth.token_admin)),
+            ("auth-token-client", opt(&c.auth.token_client)),
+            (
+                "auth-anonymous-role",
+                c.auth.anonymous_role.map(name).unwrap_or_default(),
+            ),
+            ("metrics-token", opt(&c.auth.metrics_token)),
             ("kubernetes", name(c.kube.mode)),
             ("kube-namespace", opt(&c.kube.namespace)),
             ("writer-pipeline", opt(&c.writer.pipeline)),

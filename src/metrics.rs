@@ -71,6 +71,9 @@ pub struct Metrics {
     /// `braid_cluster_fenced_rejections_total{op}`: scanner claims (`op="claim"`, per partition) and pass
     /// writes (`op="write"`) the store refused because this replica's epoch was stale.
     pub cluster_fenced_rejections: IntCounterVec,
+    /// `braid_auth_failures_total{reason}`: requests refused by authentication (`missing`, `invalid`,
+    /// `forbidden`).
+    pub auth_failures: IntCounterVec,
     /// `braid_policy_reconcile_total{outcome}`: TransactionPolicy status reconciles (`ok`, `error`).
     pub policy_reconcile: IntCounterVec,
     /// `braid_discovery_resolve_total{outcome}`: branch URLs resolved through EndpointSlices
@@ -236,6 +239,13 @@ impl Metrics {
                 "braid_cluster_lease_renew_failures_total",
                 "Lease renewals that failed with a backend error",
             )),
+            auth_failures: must(IntCounterVec::new(
+                Opts::new(
+                    "braid_auth_failures_total",
+                    "Requests refused by authentication, by reason",
+                ),
+                &["reason"],
+            )),
             cluster_fenced_rejections: must(IntCounterVec::new(
                 Opts::new(
                     "braid_cluster_fenced_rejections_total",
@@ -287,6 +297,7 @@ impl Metrics {
         reg(Box::new(m.cluster_lease_losses.clone()));
         reg(Box::new(m.cluster_lease_renew_failures.clone()));
         reg(Box::new(m.cluster_fenced_rejections.clone()));
+        reg(Box::new(m.auth_failures.clone()));
         reg(Box::new(m.policy_reconcile.clone()));
         reg(Box::new(m.discovery_resolve.clone()));
         m

@@ -250,7 +250,8 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
-        let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone());
+        let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone())
+            .with_auth(config.auth());
         if let Some(k) = &kube {
             state = state.with_ready_gate(
                 "the first sync of TransactionPolicies and EndpointSlices",

@@ -192,3 +192,139 @@ async fn sensitive_branch_headers_are_masked_in_query_and_all() {
     }
     ts.stop().await;
 }
+
+/// Every route x {anonymous, client, admin, wrong token}, with tokens configured and the default
+/// anonymous role (client): the expected status of each, and DTM-style clients without a token still
+/// run transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_role_as_documented() {
+    let mut config = support::test_config(&support::fresh_dsn(Backend::Sqlite));
+    config.auth.token_admin = Some("admin-secret".to_owned());
+    config.auth.token_client = Some("client-secret".to_owned());
+    config.auth.metrics_token = Some("metrics-secret".to_owned());
+    let ts = TestServer::start_with(config).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", ts.server.http_addr);
+    let g = gid("auth");
+    // (method, path, body, needs): "open", "client", "admin", "metrics".
+    let routes: Vec<(&str, String, Option<serde_json::Value>, &str)> = vec![
+        ("GET", "/api/ping".into(), None, "open"),
+        ("GET", "/api/ready".into(), None, "open"),
+        ("GET", "/admin".into(), None, "open"),
+        ("GET", "/api/metrics".into(), None, "metrics"),
+        ("GET", "/api/dtmsvr/newGid".into(), None, "client"),
+        ("GET", "/api/dtmsvr/version".into(), None, "client"),
+        (
+            "POST",
+            "/api/dtmsvr/prepare".into(),
+            Some(json!({"gid": g, "trans_type": "tcc"})),
+            "client",
+        ),
+        ("GET", format!("/api/dtmsvr/query?gid={g}"), None, "client"),
+        (
+            "POST",
+            "/api/json-rpc".into(),
+            Some(json!({"jsonrpc": "2.0", "id": "1", "method": "newGid"})),
+            "client",
+        ),
+        ("GET", "/api/dtmsvr/all".into(), None, "admin"),
+        ("GET", "/api/dtmsvr/scanKV?cat=topics".into(), None, "admin"),
+        (
+            "GET",
+            "/api/dtmsvr/subscribe?topic=t&url=http://127.0.0.1:1/x".into(),
+            None,
+            "admin",
+        ),
+        (
+            "POST",
+            "/api/dtmsvr/resetNextCronTime".into(),
+            Some(json!({"gid": g})),
+            "admin",
+        ),
+        ("GET", "/api/braid/cluster".into(), None, "admin"),
+        (
+            "POST",
+            "/api/dtmsvr/forceStop".into(),
+            Some(json!({"gid": "nobody"})),
+            "admin",
+        ),
+    ];
+    for (method, path, body, needs) in &routes {
+        for (who, token) in [
+            ("anonymous", None),
+            ("client", Some("client-secret")),
+            ("admin", Some("admin-secret")),
+            ("wrong", Some("nope")),
+            ("metrics", Some("metrics-secret")),
+        ] {
+            let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let status = req.send().await.unwrap().status().as_u16();
+            let expected_ok = match (*needs, who) {
+                ("open", _) => true,
+                ("metrics", w) => w == "metrics",
+                ("client", w) => w != "wrong" && w != "metrics",
+                ("admin", w) => w == "admin",
+                _ => unreachable!(),
+            };
+            let refused = matches!(status, 401 | 403);
+            assert_eq!(!refused, expected_ok, "{method} {path} as {who}: {status}");
+            if refused {
+                let expected = if who == "client" && *needs == "admin" {
+                    403
+                } else {
+                    401
+                };
+                assert_eq!(status, expected, "{method} {path} as {who}");
+            }
+        }
+    }
+    // gRPC: the same roles through the `authorization` metadata.
+    let mut grpc = ts.grpc().await;
+    let with = |token: Option<&str>, msg: braid::proto::dtmgimp::DtmTopicRequest| {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    };
+    let topic = || braid::proto::dtmgimp::DtmTopicRequest {
+        topic: "grpc-t".to_owned(),
+        url: "http://127.0.0.1:1/x".to_owned(),
+        remark: String::new(),
+    };
+    let err = grpc.subscribe(with(None, topic())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = grpc
+        .subscribe(with(Some("client-secret"), topic()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    grpc.subscribe(with(Some("admin-secret"), topic()))
+        .await
+        .expect("admin subscribes");
+    grpc.new_gid(()).await.expect("anonymous NewGid (client)");
+    let metrics = http
+        .get(format!("{base}/api/metrics"))
+        .bearer_auth("metrics-secret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"braid_auth_failures_total{reason="forbidden"}"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("secret\""), "no token in any label");
+    ts.stop().await;
+}

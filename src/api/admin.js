@@ -8,10 +8,17 @@ const ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#
 function text(s) { return (s == null ? "" : String(s)).replace(/[&<>"'`]/g, (c) => ESCAPES[c]); }
 function showError(e) { $("msg").textContent = e ? String(e) : ""; }
 
-async function call(path, init) {
+// With tokens configured the page asks for an admin token once per tab (kept in sessionStorage).
+async function call(path, init, asked) {
   // State-changing routes take JSON only (a cross-site form cannot send it).
-  const opts = Object.assign({headers: {"Content-Type": "application/json"}}, init);
-  const r = await fetch(api(path), opts);
+  const headers = {"Content-Type": "application/json"};
+  const token = sessionStorage.getItem("braid-token");
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const r = await fetch(api(path), Object.assign({headers}, init));
+  if ((r.status === 401 || r.status === 403) && !asked) {
+    const t = prompt("braid admin token");
+    if (t) { sessionStorage.setItem("braid-token", t); return call(path, init, true); }
+  }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.message || ("HTTP " + r.status));
   return body;

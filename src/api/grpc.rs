@@ -26,6 +26,7 @@ impl From<Error> for Status {
             Error::PayloadTooLarge(m) => Status::resource_exhausted(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::Forbidden(m) => Status::permission_denied(m),
+            Error::Unauthorized(m) => Status::unauthenticated(m),
             Error::UnsupportedMediaType(m) => Status::invalid_argument(m),
             Error::Failure(m) => Status::aborted(m),
             Error::Ongoing(m) => Status::failed_precondition(m),
@@ -52,6 +53,22 @@ pub fn service(state: AppState) -> DtmServer<DtmService> {
 }
 
 impl DtmService {
+    /// Checks the `authorization` metadata against what `method` needs.
+    fn authorize<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+        let token = super::auth::bearer(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
+        self.state
+            .auth
+            .check(token, super::auth::grpc_need(method))
+            .map_err(|denied| {
+                super::auth::refused(&self.state, denied, method);
+                Status::from(denied.error())
+            })
+    }
+
     /// Runs one API call, counting and timing it under DTM's metric names (`type="grpc"`, `api` = the
     /// lower-cased method name, as for HTTP routes).
     async fn tracked<T>(
@@ -118,7 +135,8 @@ pub(crate) fn to_request(r: DtmRequest) -> Result<TxnRequest, Status> {
 
 #[tonic::async_trait]
 impl Dtm for DtmService {
-    async fn new_gid(&self, _: Request<()>) -> Result<Response<DtmGidReply>, Status> {
+    async fn new_gid(&self, req: Request<()>) -> Result<Response<DtmGidReply>, Status> {
+        self.authorize(&req, "NewGid")?;
         self.tracked("newgid", async move {
             Ok(Response::new(DtmGidReply {
                 gid: self.state.engine.new_gid().to_string(),
@@ -128,6 +146,7 @@ impl Dtm for DtmService {
     }
 
     async fn submit(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
+        self.authorize(&req, "Submit")?;
         self.tracked("submit", async move {
             let req = to_request(req.into_inner())?;
             // Boxed: a submit pass is a large future, and this one is nested in the tracking wrapper.
@@ -138,6 +157,7 @@ impl Dtm for DtmService {
     }
 
     async fn prepare(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
+        self.authorize(&req, "Prepare")?;
         self.tracked("prepare", async move {
             self.state
                 .engine
@@ -149,6 +169,7 @@ impl Dtm for DtmService {
     }
 
     async fn abort(&self, req: Request<DtmRequest>) -> Result<Response<()>, Status> {
+        self.authorize(&req, "Abort")?;
         self.tracked("abort", async move {
             let r = req.into_inner();
             let gid = request::gid(&r.gid).map_err(invalid)?;
@@ -168,6 +189,7 @@ impl Dtm for DtmService {
         &self,
         req: Request<DtmBranchRequest>,
     ) -> Result<Response<()>, Status> {
+        self.authorize(&req, "RegisterBranch")?;
         self.tracked("registerbranch", async move {
             let r = req.into_inner();
             let b = BranchInput {
@@ -192,6 +214,7 @@ impl Dtm for DtmService {
         &self,
         req: Request<DtmRequest>,
     ) -> Result<Response<DtmProgressesReply>, Status> {
+        self.authorize(&req, "PrepareWorkflow")?;
         self.tracked("prepareworkflow", async move {
             let mut r = to_request(req.into_inner())?;
             r.trans_type = TransType::Workflow;
@@ -218,6 +241,7 @@ impl Dtm for DtmService {
     }
 
     async fn subscribe(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        self.authorize(&req, "Subscribe")?;
         self.tracked("subscribe", async move {
             let r = req.into_inner();
             add_subscriber(&self.state, &r.topic, &r.url, &r.remark).await?;
@@ -227,6 +251,7 @@ impl Dtm for DtmService {
     }
 
     async fn unsubscribe(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        self.authorize(&req, "Unsubscribe")?;
         self.tracked("unsubscribe", async move {
             let r = req.into_inner();
             remove_subscriber(&self.state, &r.topic, &r.url).await?;
@@ -236,6 +261,7 @@ impl Dtm for DtmService {
     }
 
     async fn delete_topic(&self, req: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        self.authorize(&req, "DeleteTopic")?;
         self.tracked("deletetopic", async move {
             remove_topic(&self.state, &req.into_inner().topic).await?;
             Ok(Response::new(()))

@@ -27,7 +27,7 @@ fn code_of(e: &Error) -> i64 {
         Error::Failure(_) => -32901,
         Error::Ongoing(_) => -32902,
         Error::BadRequest(_) | Error::PayloadTooLarge(_) | Error::UnsupportedMediaType(_) => -32602,
-        Error::Forbidden(_) => -32600,
+        Error::Forbidden(_) | Error::Unauthorized(_) => -32600,
         Error::NotFound(_) | Error::Unavailable(_) | Error::Internal(_) => -32603,
     }
 }

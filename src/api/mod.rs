@@ -3,6 +3,7 @@
 //! them).
 //! Every error becomes a response in exactly one place ([`Error`]'s `IntoResponse`).
 
+pub mod auth;
 mod body;
 mod dtmsvr;
 pub mod grpc;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub cluster: KeeperHandle,
     /// Besides the store, what `/api/ready` waits for: (what, flag that turns true when ready).
     gates: Vec<(&'static str, Arc<AtomicBool>)>,
+    /// Tokens and roles.
+    pub(crate) auth: auth::Auth,
 }
 
 impl AppState {
@@ -52,7 +55,15 @@ impl AppState {
             metrics,
             cluster,
             gates: Vec::new(),
+            auth: auth::Auth::default(),
         }
+    }
+
+    /// Checks tokens and roles with `auth` (without it, every request is admin).
+    #[must_use]
+    pub fn with_auth(mut self, auth: auth::Auth) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Makes `/api/ready` answer 503 until `flag` is true (`what` names it in the reply).
@@ -76,7 +87,10 @@ pub enum Error {
     /// limit: 413.
     #[error("{0}")]
     PayloadTooLarge(String),
-    /// A request a browser made for another site: 403.
+    /// No token, or a wrong one: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A request a browser made for another site, or a token whose role does not reach: 403.
     #[error("{0}")]
     Forbidden(String),
     /// A body in a media type the route does not take: 415.
@@ -102,6 +116,7 @@ impl Error {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Failure(_) => StatusCode::CONFLICT,
@@ -156,6 +171,7 @@ impl IntoResponse for Error {
             Self::Ongoing(m) => json!({"dtm_result": "ONGOING", "message": m}),
             Self::BadRequest(m)
             | Self::Forbidden(m)
+            | Self::Unauthorized(m)
             | Self::UnsupportedMediaType(m)
             | Self::NotFound(m)
             | Self::PayloadTooLarge(m)
@@ -220,6 +236,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin.css", get(admin_style))
         .route("/api/braid/cluster", get(cluster_view))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_role,
+        ))
         .layer(middleware::from_fn(same_site_only))
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
