@@ -289,6 +289,12 @@ settings! {
         metrics_token => metrics_token: Option<String> = None, env "BRAID_METRICS_TOKEN",
             from String => some;
     }
+    /// What braid may call.
+    branches: BranchesConfig {
+        /// Hosts branch, callback and subscriber URLs may name, comma-separated: `payments.internal`,
+        /// `*.svc.cluster.local`, `10.0.0.0/8`, `host:port` (default: any host but link-local addresses).
+        branch_allow => allow: Option<String> = None, env "BRAID_BRANCH_ALLOW", from String => some;
+    }
     /// Logging.
     log: LogConfig {
         /// Log filter: a level (`info`) or a `RUST_LOG`-style directive list.
@@ -523,6 +529,9 @@ impl Config {
 
     /// Checks ranges; every message names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(allow) = &self.branches.allow {
+            crate::engine::BranchAllow::parse(allow).map_err(ConfigError)?;
+        }
         let retry = &self.retry;
         for (name, v) in [
             ("retry-interval", retry.interval),
@@ -638,6 +647,13 @@ impl Config {
             alert_webhook: self.alert.webhook.clone(),
             alert_retry_limit: self.alert.retry_limit,
             node_id: self.cluster.node_id.clone(),
+            // Checked by `Config::validate`; a bad list cannot reach here from a loaded configuration.
+            branch_allow: self
+                .branches
+                .allow
+                .as_deref()
+                .and_then(|a| crate::engine::BranchAllow::parse(a).ok())
+                .unwrap_or_default(),
         }
     }
 
@@ -1029,6 +1045,13 @@ mod tests {
             "admin",
         ),
         ("metrics-token", "BRAID_METRICS_TOKEN", "m1", "m2", "m2"),
+        (
+            "branch-allow",
+            "BRAID_BRANCH_ALLOW",
+            "a.internal",
+            "b.internal",
+            "b.internal",
+        ),
         ("kubernetes", "BRAID_KUBERNETES", "off", "on", "on"),
         (
             "kube-namespace",
@@ -1158,6 +1181,7 @@ mod tests {
                 c.auth.anonymous_role.map(name).unwrap_or_default(),
             ),
             ("metrics-token", opt(&c.auth.metrics_token)),
+            ("branch-allow", opt(&c.branches.allow)),
             ("kubernetes", name(c.kube.mode)),
             ("kube-namespace", opt(&c.kube.namespace)),
             ("writer-pipeline", opt(&c.writer.pipeline)),

@@ -328,3 +328,69 @@ async fn every_route_answers_each_role_as_documented() {
     assert!(!metrics.contains("secret\""), "no token in any label");
     ts.stop().await;
 }
+
+/// `--branch-allow`: a URL outside it is refused where the transaction is created, over every protocol,
+/// naming the field and the URL; without an allowlist, link-local (metadata) addresses are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_urls_outside_the_allowlist_are_refused() {
+    let open = TestServer::start(Backend::Sqlite).await;
+    let metadata = "http://169.254.169.254/latest/meta-data";
+    let body = json!({"gid": gid("meta"), "trans_type": "saga",
+        "steps": [{"action": metadata, "compensate": ""}], "payloads": ["{}"]});
+    let (status, reply) = open.post("submit", &body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.to_string().contains("steps[0].action"), "{reply}");
+    open.stop().await;
+
+    let mut config = support::test_config(&support::fresh_dsn(Backend::Sqlite));
+    config.branches.allow = Some("*.svc.cluster.local,127.0.0.1".to_owned());
+    let ts = TestServer::start_with(config).await;
+    let inside = "http://127.0.0.1:1/api/busi/TransOut";
+    let outside = "http://evil.example/steal";
+    let saga = |url: &str| {
+        json!({"gid": gid("allow"), "trans_type": "saga",
+            "steps": [{"action": inside, "compensate": url}], "payloads": ["{}"]})
+    };
+    let (status, reply) = ts.post("prepare", &saga(outside)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply.to_string().contains("steps[0].compensate") && reply.to_string().contains(outside),
+        "{reply}"
+    );
+    let (status, reply) = ts.post("prepare", &saga(inside)).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply = ts.json_rpc("submit", saga(outside)).await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    let g = gid("allow-tcc");
+    let (status, _) = ts
+        .post("prepare", &json!({"gid": g, "trans_type": "tcc"}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, reply) = ts
+        .post(
+            "registerBranch",
+            &json!({"gid": g, "trans_type": "tcc", "branch_id": "01",
+                "confirm": outside, "cancel": inside, "data": "{}"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.to_string().contains("'confirm'"), "{reply}");
+    let (status, reply) = ts
+        .get(&format!(
+            "subscribe?topic=t&url={}",
+            "http%3A%2F%2Fevil.example%2Fx"
+        ))
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    let mut grpc = ts.grpc().await;
+    let err = grpc
+        .subscribe(braid::proto::dtmgimp::DtmTopicRequest {
+            topic: "t".to_owned(),
+            url: outside.to_owned(),
+            remark: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    ts.stop().await;
+}

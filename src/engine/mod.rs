@@ -14,6 +14,7 @@
 //! - `forceStop` and shutdown cancel the passes in flight on this replica.
 
 mod access;
+mod allow;
 mod driver;
 mod kind;
 mod msg;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use access::TxnFilter;
+pub use allow::BranchAllow;
 pub use driver::{FAILPOINTS, PassError, PassResult};
 
 pub use crate::store::{ClaimScope, Claimed, Error as StoreError};
@@ -105,6 +107,8 @@ pub struct EngineOptions {
     pub alert_retry_limit: i64,
     /// This replica's name: the prefix of the claim tokens its passes write to `owner`.
     pub node_id: String,
+    /// Which hosts branch URLs may name (`--branch-allow`).
+    pub branch_allow: BranchAllow,
 }
 
 impl Default for EngineOptions {
@@ -118,6 +122,7 @@ impl Default for EngineOptions {
             alert_webhook: None,
             alert_retry_limit: 3,
             node_id: "braid".to_owned(),
+            branch_allow: BranchAllow::default(),
         }
     }
 }
@@ -419,6 +424,17 @@ impl Engine {
             .await
     }
 
+    /// The request's branch and callback URLs against the allowlist.
+    fn check_urls(&self, req: &TxnRequest) -> Result<()> {
+        let steps = req.steps.iter().enumerate().flat_map(|(i, step)| {
+            step.iter()
+                .filter(|(k, _)| k.as_str() != "data")
+                .map(move |(k, v)| (format!("steps[{i}].{k}"), v.as_str()))
+        });
+        let callback = std::iter::once(("query_prepared".to_owned(), req.query_prepared.as_str()));
+        self.inner.opts.branch_allow.check(steps.chain(callback))
+    }
+
     async fn load(&self, gid: &Gid) -> Result<GlobalTxn> {
         self.inner
             .store
@@ -429,6 +445,7 @@ impl Engine {
 
     /// `prepare`: stores the transaction as `prepared` (msg, tcc, xa). Idempotent while it stays prepared.
     pub async fn prepare(&self, req: TxnRequest) -> Result<()> {
+        self.check_urls(&req)?;
         let now = self.inner.clock.now();
         let txn = self.build_txn(&req, GlobalStatus::Prepared, now);
         let branches = self.build_branches(&req, now).await?;
@@ -456,6 +473,7 @@ impl Engine {
     /// `submit`: stores (or moves a prepared one to) `submitted` and processes it, synchronously when
     /// `wait_result` is set. Workflow submits record the client's final result instead.
     pub async fn submit(&self, req: TxnRequest) -> Result<SubmitOutcome> {
+        self.check_urls(&req)?;
         if req.trans_type == TransType::Workflow {
             return self
                 .submit_workflow(&req)
@@ -739,6 +757,11 @@ impl Engine {
         data: Vec<u8>,
         fields: &BTreeMap<String, String>,
     ) -> Result<()> {
+        self.inner.opts.branch_allow.check(
+            ["confirm", "cancel", "url"]
+                .into_iter()
+                .filter_map(|k| fields.get(k).map(|v| (k.to_owned(), v.as_str()))),
+        )?;
         let now = self.inner.clock.now();
         let branches =
             kind::of(trans_type).registered_branches(gid, &branch_id, data, fields, now)?;
@@ -771,6 +794,7 @@ impl Engine {
 
     /// `prepareWorkflow`: creates the workflow as `prepared`, or returns the stored one and its progress.
     pub async fn prepare_workflow(&self, req: TxnRequest) -> Result<(GlobalTxn, Vec<Branch>)> {
+        self.check_urls(&req)?;
         let now = self.inner.clock.now();
         let txn = self.build_txn(&req, GlobalStatus::Prepared, now);
         match self

@@ -30,6 +30,10 @@ impl Engine {
     /// Adds `url` to `topic` (creating the topic); a duplicate url is a FAILURE, a full topic a bad
     /// request. The caller has validated the input.
     pub async fn subscribe(&self, topic: &str, url: &str, remark: &str) -> Result<()> {
+        self.inner
+            .opts
+            .branch_allow
+            .check([("url".to_owned(), url)])?;
         self.update_topic(topic, |subs| {
             let mut subs = subs.unwrap_or_default();
             if subs.len() >= limits::MAX_SUBSCRIBERS {
