@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support::bank::{Applied, Bank, Effect, Fault, Faults, INITIAL_BALANCE, USERS};
-use support::process::BraidProcess;
+use support::process::{BraidProcess, CLUSTER_FLAGS};
 use support::{Backend, drop_database, fresh_dsn};
 use tokio::time::Instant;
 
@@ -36,17 +36,8 @@ const REPLICAS: usize = 3;
 const WORKERS: u64 = 3;
 /// The branch request timeout the replicas use; the bank's stalls last longer.
 const REQUEST_TIMEOUT_SECS: u64 = 2;
+/// Beyond [`CLUSTER_FLAGS`]: fast retries and short timeouts.
 const FLAGS: &[&str] = &[
-    "--lease-backend",
-    "sql",
-    "--lease-duration",
-    "4",
-    "--lease-renew-deadline",
-    "3",
-    "--lease-retry-period",
-    "1",
-    "--scan-interval",
-    "1",
     "--retry-interval",
     "1",
     "--backoff-cap",
@@ -57,6 +48,11 @@ const FLAGS: &[&str] = &[
     "--timeout-to-fail",
     "3",
 ];
+
+/// The flags of every replica.
+fn flags() -> Vec<&'static str> {
+    CLUSTER_FLAGS.iter().chain(FLAGS).copied().collect()
+}
 /// How long acknowledged transactions get to become final once the load and the killing stopped.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -132,7 +128,7 @@ async fn replicas_killed_under_load_lose_nothing_and_money_is_conserved() {
     let dsn = fresh_dsn(Backend::Mysql);
     let mut replicas = Vec::new();
     for slot in 0..REPLICAS {
-        replicas.push(BraidProcess::spawn(&dsn, &format!("r{slot}"), FLAGS).await);
+        replicas.push(BraidProcess::spawn(&dsn, &format!("r{slot}"), &flags()).await);
     }
     let urls: Urls = Arc::new(RwLock::new(
         replicas.iter().map(BraidProcess::url).collect(),
@@ -311,7 +307,7 @@ async fn kill_and_restart(
         replicas[slot].wait_exit(Duration::from_secs(5)).await;
         kills += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
-        replicas[slot] = BraidProcess::spawn(&dsn, &format!("r{slot}"), FLAGS).await;
+        replicas[slot] = BraidProcess::spawn(&dsn, &format!("r{slot}"), &flags()).await;
         urls.write().unwrap()[slot] = replicas[slot].url();
     }
 }

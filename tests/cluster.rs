@@ -16,7 +16,7 @@ use std::time::Duration;
 use braid::model::{Gid, Partition};
 use serde_json::json;
 use sqlx::Row;
-use support::process::BraidProcess;
+use support::process::{BraidProcess, CLUSTER_FLAGS};
 use support::{Backend, Busi, drop_database, fresh_dsn, gid, saga_body};
 
 const P: u16 = 64;
@@ -25,20 +25,6 @@ const P: u16 = 64;
 /// measured in real time on a 2-core machine.
 static REPLICAS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LEASE_DURATION: Duration = Duration::from_secs(4);
-
-/// Lease timing small enough for tests (4/3/1 s), on the shared database.
-const CLUSTER_FLAGS: &[&str] = &[
-    "--lease-backend",
-    "sql",
-    "--lease-duration",
-    "4",
-    "--lease-renew-deadline",
-    "3",
-    "--lease-retry-period",
-    "1",
-    "--scan-interval",
-    "1",
-];
 
 async fn spawn(dsn: &str, node: &str, extra: &[&str]) -> BraidProcess {
     let mut flags: Vec<&str> = CLUSTER_FLAGS.to_vec();

@@ -6,6 +6,20 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// Lease timing small enough for tests (4/3/1 s) on a shared database, with 1-second scans.
+pub const CLUSTER_FLAGS: &[&str] = &[
+    "--lease-backend",
+    "sql",
+    "--lease-duration",
+    "4",
+    "--lease-renew-deadline",
+    "3",
+    "--lease-retry-period",
+    "1",
+    "--scan-interval",
+    "1",
+];
+
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
