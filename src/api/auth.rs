@@ -135,6 +135,9 @@ impl Auth {
             Need::Client => Role::Client,
             Need::Admin => Role::Admin,
         };
+        // Without configured tokens a presented one means nothing (a proxy or an SDK may send its own
+        // Authorization header): the request is anonymous, as before tokens existed.
+        let token = token.filter(|_| !self.tokens.is_empty());
         let role = match token {
             None => match self.anonymous {
                 Some(role) => role,
