@@ -112,16 +112,7 @@ impl Scenario {
                 });
                 let (status, reply) = ts.post("prepare", &body).await;
                 assert_eq!(status, 200, "{reply}");
-                if matches!(self, Self::MsgSubmit) {
-                    ts.post(
-                        "submit",
-                        &json!({"gid": g, "trans_type": "msg", "wait_result": true}),
-                    )
-                    .await;
-                } else {
-                    ts.forward(60);
-                    ts.cron_once().await;
-                }
+                submit_or_abandon(ts, g, "msg", matches!(self, Self::MsgSubmit)).await;
             }
             Self::TccSubmit | Self::TccTimeout => {
                 let (status, reply) = ts
@@ -134,16 +125,7 @@ impl Scenario {
                         .await;
                     assert_eq!(status, 200, "{reply}");
                 }
-                if matches!(self, Self::TccSubmit) {
-                    ts.post(
-                        "submit",
-                        &json!({"gid": g, "trans_type": "tcc", "wait_result": true}),
-                    )
-                    .await;
-                } else {
-                    ts.forward(60);
-                    ts.cron_once().await;
-                }
+                submit_or_abandon(ts, g, "tcc", matches!(self, Self::TccSubmit)).await;
             }
             Self::XaSubmit | Self::XaTimeout => {
                 let (status, reply) = ts
@@ -155,16 +137,7 @@ impl Scenario {
                     let (status, reply) = ts.post("registerBranch", &branch).await;
                     assert_eq!(status, 200, "{reply}");
                 }
-                if matches!(self, Self::XaSubmit) {
-                    ts.post(
-                        "submit",
-                        &json!({"gid": g, "trans_type": "xa", "wait_result": true}),
-                    )
-                    .await;
-                } else {
-                    ts.forward(60);
-                    ts.cron_once().await;
-                }
+                submit_or_abandon(ts, g, "xa", matches!(self, Self::XaSubmit)).await;
             }
             Self::WorkflowResume => {
                 let custom = json!({"name": "wf-crash", "data": ""}).to_string();
@@ -176,6 +149,21 @@ impl Scenario {
                 ts.cron_once().await;
             }
         }
+    }
+}
+
+/// The client submits the prepared `g` (synchronously), or vanishes: its timeout passes and a scan picks
+/// the transaction up.
+async fn submit_or_abandon(ts: &TestServer, g: &str, trans_type: &str, submit: bool) {
+    if submit {
+        ts.post(
+            "submit",
+            &json!({"gid": g, "trans_type": trans_type, "wait_result": true}),
+        )
+        .await;
+    } else {
+        ts.forward(60);
+        ts.cron_once().await;
     }
 }
 
