@@ -161,8 +161,14 @@ settings! {
     }
     /// The transaction store.
     store: StoreConfig {
-        /// Store DSN: `sqlite://path/braid.db` or `mysql://user:pass@host:3306/db`.
+        /// Store DSN: `sqlite://path/braid.db`, `mysql://user:pass@host:3306/db` or
+        /// `postgres://user:pass@host:5432/db`. Any character works in the password; write `%` followed by
+        /// two hex digits as `%25`.
         store => dsn: String = DEFAULT_STORE.to_owned(), env "BRAID_STORE";
+        /// A file holding the store password, kept apart from the DSN (a Kubernetes Secret); it replaces any
+        /// password in the DSN. A trailing newline is dropped.
+        store_password_file => password_file: Option<PathBuf> = None, env "BRAID_STORE_PASSWORD_FILE",
+            from PathBuf => some;
         /// Keep finished transactions this many seconds (0: forever).
         retention => retention: Duration = Duration::from_secs(7 * 24 * 3600), env "BRAID_RETENTION",
             from i64 => signed_seconds;
@@ -464,32 +470,64 @@ fn env_parse<T: std::str::FromStr>(
 }
 
 /// The store DSN from DTM's `STORE_DRIVER`, `STORE_HOST`, `STORE_PORT`, `STORE_USER`, `STORE_PASSWORD`
-/// and `STORE_DB` (spec §11); `boltdb` is the embedded store, so it leaves the DSN to the other layers.
+/// and `STORE_DB` (spec §11); `boltdb` is the embedded store, so it leaves the DSN to the other layers. The
+/// user and password are percent-encoded, so any character in them works.
 fn dtm_store(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
-    match get("STORE_DRIVER").filter(|d| !d.is_empty()).as_deref() {
-        None | Some("boltdb") => Ok(None),
-        Some("mysql") => {
-            let host = get("STORE_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
-            let port = get("STORE_PORT").unwrap_or_else(|| "3306".to_owned());
-            let user = get("STORE_USER").unwrap_or_else(|| "root".to_owned());
-            let password = get("STORE_PASSWORD").unwrap_or_default();
-            let db = get("STORE_DB")
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "dtm".to_owned());
-            let auth = if password.is_empty() {
-                user
-            } else {
-                format!("{user}:{password}")
-            };
-            Ok(Some(format!("mysql://{auth}@{host}:{port}/{db}")))
+    let driver = get("STORE_DRIVER").filter(|d| !d.is_empty());
+    let (scheme, default_port, default_user) = match driver.as_deref() {
+        None | Some("boltdb") => return Ok(None),
+        Some("mysql") => ("mysql", "3306", "root"),
+        Some("postgres") => ("postgres", "5432", "postgres"),
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "STORE_DRIVER='{other}' is not supported by braid (use mysql, postgres, or boltdb for the \
+                 embedded store)"
+            )));
         }
-        Some(other) => Err(ConfigError(format!(
-            "STORE_DRIVER='{other}' is not supported by braid yet (use mysql, or boltdb for the embedded store)"
-        ))),
-    }
+    };
+    let host = get("STORE_HOST")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let port = get("STORE_PORT")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| default_port.to_owned());
+    let user = get("STORE_USER")
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| default_user.to_owned());
+    let password = get("STORE_PASSWORD").unwrap_or_default();
+    let db = get("STORE_DB")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "dtm".to_owned());
+    let user = crate::store::dsn_encode(&user);
+    let auth = if password.is_empty() {
+        user
+    } else {
+        format!("{user}:{}", crate::store::dsn_encode(&password))
+    };
+    Ok(Some(format!("{scheme}://{auth}@{host}:{port}/{db}")))
 }
 
 impl Config {
+    /// The DSN to open the store with: [`StoreConfig::dsn`] with the password of `store-password-file` when
+    /// one is set. Never log it: log [`crate::store::redact_dsn`] of it.
+    pub fn store_dsn(&self) -> Result<String, ConfigError> {
+        let Some(path) = &self.store.password_file else {
+            return Ok(self.store.dsn.clone());
+        };
+        let password = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "store-password-file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        let password = password
+            .strip_suffix("\r\n")
+            .or_else(|| password.strip_suffix('\n'))
+            .unwrap_or(&password);
+        crate::store::with_password(&self.store.dsn, password)
+            .map_err(|e| ConfigError(format!("store-password-file {}: {e}", path.display())))
+    }
+
     /// Resolves the configuration from flags (with their `BRAID_*` env), the process environment and the file.
     pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
         Self::load_with(args, &|k| std::env::var(k).ok())
@@ -797,6 +835,34 @@ mod tests {
     }
 
     #[test]
+    fn dtm_store_env_encodes_the_password_and_knows_postgres() {
+        let cfg = Config::load_with(
+            &ServeArgs::default(),
+            &env(&[
+                ("STORE_DRIVER", "mysql"),
+                ("STORE_HOST", "db"),
+                ("STORE_PASSWORD", "p@ss/w:rd?#%"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.store.dsn,
+            "mysql://root:p%40ss%2Fw%3Ard%3F%23%25@db:3306/dtm"
+        );
+        let cfg = Config::load_with(
+            &ServeArgs::default(),
+            &env(&[
+                ("STORE_DRIVER", "postgres"),
+                ("STORE_HOST", "pg"),
+                ("STORE_DB", "braid"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.store.dsn, "postgres://postgres@pg:5432/braid");
+        assert_eq!(cfg.cluster.lease_backend, LeaseBackendKind::Sql);
+    }
+
+    #[test]
     fn bad_values_name_the_setting() {
         let args = ServeArgs {
             retry_interval: Some(0),
@@ -968,6 +1034,13 @@ mod tests {
             "mysql://a@h:3306/x",
             "mysql://b@h:3306/y",
             "mysql://b@h:3306/y",
+        ),
+        (
+            "store-password-file",
+            "BRAID_STORE_PASSWORD_FILE",
+            "/run/a",
+            "/run/b",
+            "/run/b",
         ),
         ("retry-interval", "BRAID_RETRY_INTERVAL", "11", "12", "12"),
         ("timeout-to-fail", "BRAID_TIMEOUT_TO_FAIL", "36", "37", "37"),
@@ -1156,6 +1229,13 @@ mod tests {
             ("grpc-port", c.server.grpc_port.to_string()),
             ("bind", c.server.bind.clone()),
             ("store", c.store.dsn.clone()),
+            (
+                "store-password-file",
+                c.store
+                    .password_file
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+            ),
             ("retry-interval", secs(c.retry.interval)),
             ("timeout-to-fail", secs(c.retry.timeout_to_fail)),
             ("request-timeout", secs(c.retry.request_timeout)),

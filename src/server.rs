@@ -144,7 +144,7 @@ impl Server {
     /// Starts everything the configuration describes.
     pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
-        let store = open_store(&config.store.dsn, &cancel).await?;
+        let store = open_store(&config.store_dsn()?, &cancel).await?;
         let metrics = Arc::new(Metrics::new());
         let clock = StoreClock::from_store(&store)
             .await

@@ -464,7 +464,7 @@ async fn grpc_branch_headers_arrive_as_metadata(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     grpc_new_gid_returns_a_fresh_gid,
     grpc_saga_runs_end_to_end_with_dtm_metadata,
     grpc_msg_is_back_checked_through_grpc_query_prepared,

@@ -911,7 +911,7 @@ async fn api_body_over_limit_is_413(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     api_version_new_gid_ping,
     api_query,
     api_all,

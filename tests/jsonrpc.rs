@@ -345,7 +345,7 @@ async fn json_rpc_transactions_dispatch_other_urls_as_dtm_does(backend: Backend)
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     json_rpc_transactions_dispatch_other_urls_as_dtm_does,
     json_rpc_endpoint_answers_in_the_envelope,
     json_rpc_methods_drive_transactions,

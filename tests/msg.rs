@@ -637,7 +637,7 @@ async fn msg_wait_result(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     msg_normal,
     msg_topic_fans_out_to_subscribers,
     msg_prepared_is_back_checked_after_timeout,

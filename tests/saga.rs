@@ -1067,7 +1067,7 @@ async fn saga_bad_submits_are_rejected_and_not_stored(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     saga_normal,
     saga_rollback_compensates_in_reverse_order,
     saga_ongoing_then_cron_succeeds,

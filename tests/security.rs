@@ -1,6 +1,6 @@
 //! What keeps braid safe to expose that needs no configuration: the admin page's escaping and its
 //! Content-Security-Policy, the refusal of cross-site requests (CSRF), and secrets that are never shown
-//! (sensitive branch headers in `query`/`all`).
+//! (sensitive branch headers in `query`/`all`, store passwords in logs and errors).
 
 // Panicking is how a test fails; clippy's allow-*-in-tests does not reach the scenario fns and the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -393,4 +393,176 @@ async fn branch_urls_outside_the_allowlist_are_refused() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     ts.stop().await;
+}
+
+/// A password holding every character that has a meaning in a URL.
+/// (`%zz` is no escape, so it stands for itself.)
+const HARD_PASSWORD: &str = "p@ss/w:rd?#%zz &x";
+
+/// Creates a database user `user` with [`HARD_PASSWORD`] on the test server of `backend`, allowed to
+/// create databases.
+async fn create_user(backend: Backend, user: &str) {
+    sqlx::any::install_default_drivers();
+    let (admin, statements) = match backend {
+        Backend::Mysql => (
+            format!("{}/", support::mysql_base()),
+            vec![
+                format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{HARD_PASSWORD}'"),
+                format!("GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%'"),
+            ],
+        ),
+        Backend::Postgres => (
+            format!("{}/postgres", support::postgres_base()),
+            vec![format!(
+                "CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{HARD_PASSWORD}'"
+            )],
+        ),
+        Backend::Sqlite => unreachable!("sqlite has no users"),
+    };
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    for statement in statements {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+}
+
+/// The DSN of `backend`'s test server for `user` with `password` written as is, and database `db`.
+fn dsn_for(backend: Backend, user: &str, password: &str, db: &str) -> String {
+    let base = match backend {
+        Backend::Mysql => support::mysql_base(),
+        Backend::Postgres => support::postgres_base(),
+        Backend::Sqlite => unreachable!("sqlite has no users"),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let auth = if password.is_empty() {
+        user.to_owned()
+    } else {
+        format!("{user}:{password}")
+    };
+    format!("{scheme}://{auth}@{host}/{db}")
+}
+
+/// A password with `@ / : ? # %` and a space works written raw in the DSN and from
+/// `--store-password-file`, on MySQL and PostgreSQL; and a wrong one is refused at once (not retried as if
+/// the database were down) with an error that does not show it. (The test PostgreSQL trusts local
+/// connections, so there a wrong password is not refused: only the DSN's parsing is checked.)
+async fn any_character_works_in_a_store_password(backend: Backend) {
+    let user = format!("braid_pw_{}", braid::model::short_uuid().to_lowercase());
+    create_user(backend, &user).await;
+    let db = format!("braid_it_{}", braid::model::short_uuid().to_lowercase());
+
+    let raw = dsn_for(backend, &user, HARD_PASSWORD, &db);
+    let store = braid::store::open(&raw)
+        .await
+        .unwrap_or_else(|e| panic!("raw password in the DSN: {e}"));
+    store.ping().await.unwrap();
+    drop(store);
+
+    let dir = std::env::temp_dir().join(format!("braid-pw-{user}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(&file, format!("{HARD_PASSWORD}\n")).unwrap();
+    let mut config = braid::config::Config::default();
+    config.store.dsn = dsn_for(backend, &user, "stale", &db);
+    config.store.password_file = Some(file);
+    let dsn = config.store_dsn().unwrap();
+    let store = braid::store::open(&dsn)
+        .await
+        .unwrap_or_else(|e| panic!("password from the file: {e}"));
+    store.ping().await.unwrap();
+    drop(store);
+
+    if backend == Backend::Mysql {
+        let wrong = dsn_for(backend, &user, "wr/ng#pass", &db);
+        let err = braid::store::open(&wrong)
+            .await
+            .err()
+            .expect("wrong password refused");
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !err.is_retryable(),
+            "a wrong password is not an outage: {shown}"
+        );
+        assert!(
+            !shown.contains("wr/ng#pass") && !shown.contains("wr%2Fng"),
+            "{shown}"
+        );
+    }
+
+    let base = match backend {
+        Backend::Mysql => support::mysql_base(),
+        _ => support::postgres_base(),
+    };
+    support::drop_database(&format!("{base}/{db}")).await;
+    drop_user(backend, &user).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn drop_user(backend: Backend, user: &str) {
+    let (admin, statement) = match backend {
+        Backend::Mysql => (
+            format!("{}/", support::mysql_base()),
+            format!("DROP USER IF EXISTS '{user}'@'%'"),
+        ),
+        Backend::Postgres => (
+            format!("{}/postgres", support::postgres_base()),
+            format!("DROP ROLE IF EXISTS {user}"),
+        ),
+        Backend::Sqlite => unreachable!("sqlite has no users"),
+    };
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    sqlx::query(&statement).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_character_works_in_a_mysql_password() {
+    any_character_works_in_a_store_password(Backend::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_character_works_in_a_postgres_password() {
+    any_character_works_in_a_store_password(Backend::Postgres).await;
+}
+
+/// What the server logs while it cannot open its store never shows the DSN's password: the start-up
+/// retries against a port nothing listens on, and the refusal of a wrong password.
+#[test]
+fn the_store_password_never_appears_in_the_log() {
+    let secret = "s3cr/et#pw";
+    let closed = support::process::free_port();
+    for dsn in [
+        format!("mysql://root:{secret}@127.0.0.1:{closed}/braid"),
+        format!("postgres://postgres:{secret}@127.0.0.1:{closed}/braid"),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+            .args(["serve", "--bind", "127.0.0.1", "--store", &dsn])
+            .args([
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+                "--log-level",
+                "debug",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Two retry rounds (every 3 s), then stop it.
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(log.contains("store not reachable yet"), "{log}");
+        assert!(log.contains("***"), "{log}");
+        for shown in [secret, "s3cr%2Fet", "s3cr/et"] {
+            assert!(!log.contains(shown), "{shown} in the log of {dsn}:\n{log}");
+        }
+    }
 }

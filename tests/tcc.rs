@@ -486,7 +486,7 @@ async fn register_branch_needs_a_prepared_transaction(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     tcc_normal_confirms_in_reverse_registration_order,
     tcc_rollback_cancels_every_branch_including_the_failed_try,
     tcc_timeout_aborts_and_refuses_a_late_registration,

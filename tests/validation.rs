@@ -388,7 +388,7 @@ async fn grpc_null_steps_from_dtm_go_sdk_are_no_steps(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     the_same_bad_input_gets_the_same_refusal_over_every_protocol,
     register_branch_is_checked_once_for_every_protocol,
     topic_and_subscriber_bounds_are_the_same_on_every_store,

@@ -158,7 +158,7 @@ async fn no_alert_without_a_webhook_or_below_the_limit(backend: Backend) {
     );
 }
 
-on_both_stores!(
+on_every_store!(
     alert_fires_from_the_third_consecutive_failure_on,
     a_failing_webhook_never_blocks_the_transaction,
     no_alert_without_a_webhook_or_below_the_limit,

@@ -396,7 +396,7 @@ async fn workflow_over_grpc_resumes_through_workflow_execute(backend: Backend) {
     ts.stop().await;
 }
 
-on_both_stores!(
+on_every_store!(
     workflow_records_progress_and_returns_it_on_prepare,
     workflow_submit_records_the_result_once,
     workflow_resume_calls_the_http_callback_until_the_client_finishes,

@@ -348,7 +348,7 @@ async fn xa_undelivered_phase2_stays_visible_and_is_retried_until_it_lands(backe
     );
 }
 
-on_both_stores!(
+on_every_store!(
     xa_normal_commits_every_branch_in_registration_order,
     xa_rollback_when_a_branch_fails_before_registering,
     xa_duplicate_commit_is_harmless,

@@ -41,6 +41,8 @@ mod leases;
 mod maintenance;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -114,6 +116,11 @@ impl Error {
         if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
             return matches!(my.number(), 1205 | 1213);
         }
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            // serialization_failure, deadlock_detected, lock_not_available.
+            return matches!(pg.code(), "40001" | "40P01" | "55P03");
+        }
         db.code()
             .and_then(|c| c.parse::<i32>().ok())
             .is_some_and(|c| matches!(c & 0xff, 5 | 6))
@@ -173,6 +180,17 @@ fn is_transient_db_error(db: &dyn sqlx::error::DatabaseError) -> bool {
         // 2006/2013) reach us as I/O errors.
         return matches!(my.number(), 1205 | 1213 | 1040 | 1053 | 1927 | 4031);
     }
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        // Class 08 connection exceptions, 40001 serialization failure, 40P01 deadlock, 53300 too many
+        // connections, 55P03 lock not available, 57P01-57P03 shutting down / starting up.
+        let code = pg.code();
+        return code.starts_with("08")
+            || matches!(
+                code,
+                "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03"
+            );
+    }
     // SQLite reports extended result codes, whose low byte is the primary code: 5 SQLITE_BUSY (and
     // BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT), 6 SQLITE_LOCKED (and LOCKED_SHAREDCACHE, ...).
     db.code()
@@ -187,7 +205,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// trait extends it.
 #[async_trait]
 pub trait StoreBase: Send + Sync + 'static {
-    /// The backend name (`sqlite`, `mysql`), for logs and metrics.
+    /// The backend name (`sqlite`, `mysql`, `postgres`), for logs and metrics.
     fn kind(&self) -> &'static str;
 
     /// Checks that the database answers.
@@ -215,14 +233,17 @@ impl<S> Store for S where S: TxnStore + ClaimStore + LeaseStore + KvStore + Main
 pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store a DSN names and runs its migrations: `sqlite://path/to/file.db` (created if missing),
-/// `mysql://user:pass@host:3306/db` (the database is created if missing).
+/// `mysql://user:pass@host:3306/db` and `postgres://user:pass@host:5432/db` (the database is created if
+/// missing).
 pub async fn open(dsn: &str) -> Result<DynStore> {
     let scheme = dsn.split_once("://").map(|(s, _)| s).unwrap_or_default();
     match scheme {
         "sqlite" => open_sqlite(dsn).await,
-        "mysql" | "mariadb" => open_mysql(dsn).await,
+        "mysql" | "mariadb" => open_mysql(&normalize_dsn(dsn)).await,
+        "postgres" | "postgresql" => open_postgres(&normalize_dsn(dsn)).await,
         other => Err(Error::Config(format!(
-            "unsupported store DSN scheme '{other}' in '{}': use sqlite://path or mysql://user:pass@host:port/db",
+            "unsupported store DSN scheme '{other}' in '{}': use sqlite://path, mysql://user:pass@host:port/db \
+             or postgres://user:pass@host:port/db",
             redact_dsn(dsn)
         ))),
     }
@@ -249,6 +270,120 @@ async fn open_mysql(dsn: &str) -> Result<DynStore> {
 async fn open_mysql(_dsn: &str) -> Result<DynStore> {
     Err(Error::Config(
         "this build of braid has no mysql support (feature `mysql`)".into(),
+    ))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(dsn: &str) -> Result<DynStore> {
+    Ok(Arc::new(sql::SqlStore::open_postgres(dsn).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_dsn: &str) -> Result<DynStore> {
+    Err(Error::Config(
+        "this build of braid has no postgres support (feature `postgres`)".into(),
+    ))
+}
+
+/// Splits `mysql://u:p@h:3306/db?x=y` into (`mysql://u:p@h:3306/?x=y`, `db`), for a backend that connects
+/// to the server first to create the database.
+#[cfg_attr(not(any(feature = "mysql", feature = "postgres")), allow(dead_code))]
+pub(crate) fn split_database(dsn: &str) -> Result<(String, String)> {
+    let (scheme, rest) = dsn.split_once("://").unwrap_or(("mysql", dsn));
+    let (authority, path) = rest.split_once('/').ok_or_else(|| {
+        Error::Config(format!(
+            "{scheme} DSN '{}' names no database: add /dbname",
+            redact_dsn(dsn)
+        ))
+    })?;
+    let (db, query) = path
+        .split_once('?')
+        .map_or((path, None), |(d, q)| (d, Some(q)));
+    if db.is_empty() {
+        return Err(Error::Config(format!(
+            "{scheme} DSN '{}' names no database: add /dbname",
+            redact_dsn(dsn)
+        )));
+    }
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    Ok((format!("{scheme}://{authority}/{query}"), db.to_owned()))
+}
+
+/// `s` percent-encoded for the user or password part of a DSN: everything but letters, digits and `-._~`.
+pub fn dsn_encode(s: &str) -> String {
+    const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, USERINFO).to_string()
+}
+
+/// Where the user information of a network DSN sits: the byte range of `user[:password]` between `://`
+/// and the last `@` (a password may hold `@`, `/`, `#` or `?`; a host holds none of them). `None` for a
+/// DSN without one (`sqlite://...`, `mysql://host/db`).
+fn userinfo_range(dsn: &str) -> Option<std::ops::Range<usize>> {
+    let start = dsn.find("://")? + 3;
+    let end = start + dsn[start..].rfind('@')?;
+    Some(start..end)
+}
+
+/// `part` of a DSN's user information percent-encoded where it must be: every character but letters,
+/// digits, `-._~` and an existing `%XX` escape (kept, so a password written encoded stays as written).
+fn encode_userinfo_part(part: &str) -> String {
+    let bytes = part.as_bytes();
+    let mut out = String::with_capacity(part.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let escaped = b == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || escaped {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The DSN with its user and password percent-encoded where needed, so a password holding `/`, `#`, `?`,
+/// `@`, `:` or spaces reaches the database as written instead of breaking the DSN apart.
+pub fn normalize_dsn(dsn: &str) -> String {
+    let Some(range) = userinfo_range(dsn) else {
+        return dsn.to_owned();
+    };
+    let info = &dsn[range.clone()];
+    let encoded = match info.split_once(':') {
+        Some((user, password)) => format!(
+            "{}:{}",
+            encode_userinfo_part(user),
+            encode_userinfo_part(password)
+        ),
+        None => encode_userinfo_part(info),
+    };
+    format!("{}{encoded}{}", &dsn[..range.start], &dsn[range.end..])
+}
+
+/// The DSN with `password` as its password (percent-encoded whole: a `%` in it is a `%`), replacing any
+/// it has. The DSN must name a user (`mysql://user@host/db`).
+pub fn with_password(dsn: &str, password: &str) -> Result<String> {
+    let range = userinfo_range(dsn).ok_or_else(|| {
+        Error::Config(format!(
+            "a store password needs a DSN with a user (scheme://user@host/db), got '{}'",
+            redact_dsn(dsn)
+        ))
+    })?;
+    let info = &dsn[range.clone()];
+    let user = info.split_once(':').map_or(info, |(u, _)| u);
+    Ok(format!(
+        "{}{}:{}{}",
+        &dsn[..range.start],
+        encode_userinfo_part(user),
+        dsn_encode(password),
+        &dsn[range.end..]
     ))
 }
 
@@ -280,6 +415,43 @@ mod tests {
             let shown = redact_dsn(&dsn);
             assert_eq!(shown, "mysql://root:***@db:3306/braid?x=1", "{password}");
         }
+    }
+
+    #[test]
+    fn normalizing_encodes_what_would_break_the_dsn() {
+        let cases = [
+            (
+                "mysql://root:pa/ss#w@rd@db:3306/braid",
+                "mysql://root:pa%2Fss%23w%40rd@db:3306/braid",
+            ),
+            (
+                "postgres://u:a:b?c d@h:5432/x?sslmode=disable",
+                "postgres://u:a%3Ab%3Fc%20d@h:5432/x?sslmode=disable",
+            ),
+            // Already encoded: kept. A lone `%` is a `%`.
+            ("mysql://u:p%2Fq@h/d", "mysql://u:p%2Fq@h/d"),
+            ("mysql://u:100%@h/d", "mysql://u:100%25@h/d"),
+            ("mysql://u@h/d", "mysql://u@h/d"),
+            ("mysql://h/d", "mysql://h/d"),
+            ("sqlite://data/braid.db", "sqlite://data/braid.db"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_dsn(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_password_file_replaces_the_dsn_password() {
+        assert_eq!(
+            with_password("mysql://root:old@db:3306/braid", "n%w/p@ss").unwrap(),
+            "mysql://root:n%25w%2Fp%40ss@db:3306/braid"
+        );
+        assert_eq!(
+            with_password("postgres://app@db/braid", "x").unwrap(),
+            "postgres://app:x@db/braid"
+        );
+        let err = with_password("mysql://db:3306/braid", "x").unwrap_err();
+        assert!(err.to_string().contains("needs a DSN with a user"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor};
 
 use super::sql::{Dialect, SqlStore};
-use super::{Error, Result, redact_dsn};
+use super::{Error, Result, redact_dsn, split_database};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
@@ -29,17 +29,14 @@ impl SqlStore {
                 "database name '{db}' in the store DSN must be letters, digits or _"
             )));
         }
-        // Create the database first, on a connection without it.
+        // Create the database first, on a connection without it. One connection, not a pool: a server
+        // that is down or refuses the credentials answers at once, instead of after a pool's timeout.
         {
-            let pool = AnyPoolOptions::new()
-                .max_connections(1)
-                .connect(&server)
-                .await
-                .map_err(Error::Unavailable)?;
+            let mut conn = sqlx::AnyConnection::connect(&server).await?;
             sqlx::query(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
-                .execute(&pool)
+                .execute(&mut conn)
                 .await?;
-            pool.close().await;
+            conn.close().await?;
         }
         let pool = AnyPoolOptions::new()
             .max_connections(32)
@@ -106,28 +103,6 @@ async fn migrate_locked(pool: &sqlx::AnyPool, db: &str) -> Result<()> {
     migrated?;
     released?;
     Ok(())
-}
-
-/// Splits `mysql://u:p@h:3306/db?x=y` into (`mysql://u:p@h:3306/?x=y`, `db`).
-fn split_database(dsn: &str) -> Result<(String, String)> {
-    let (scheme, rest) = dsn.split_once("://").unwrap_or(("mysql", dsn));
-    let (authority, path) = rest.split_once('/').ok_or_else(|| {
-        Error::Config(format!(
-            "mysql DSN '{}' names no database: add /dbname",
-            redact_dsn(dsn)
-        ))
-    })?;
-    let (db, query) = path
-        .split_once('?')
-        .map_or((path, None), |(d, q)| (d, Some(q)));
-    if db.is_empty() {
-        return Err(Error::Config(format!(
-            "mysql DSN '{}' names no database: add /dbname",
-            redact_dsn(dsn)
-        )));
-    }
-    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
-    Ok((format!("{scheme}://{authority}/{query}"), db.to_owned()))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! one (which panics before getting there) keeps it for a post-mortem.
 //!
 //! MySQL tests use the server named by `BRAID_TEST_MYSQL` (default `mysql://root@127.0.0.1:3306`, no
-//! database part); each test gets a database `braid_t_<random>` on it.
+//! database part), PostgreSQL tests the one named by `BRAID_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432`); each test gets a database `braid_t_<random>` on it.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,12 @@ pub const MYSQL_ENV: &str = "BRAID_TEST_MYSQL";
 /// The server used when [`MYSQL_ENV`] is not set.
 pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306";
 
+/// The environment variable naming the PostgreSQL server for tests, without a database.
+pub const POSTGRES_ENV: &str = "BRAID_TEST_POSTGRES";
+
+/// The server used when [`POSTGRES_ENV`] is not set.
+pub const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432";
+
 /// A store on a database made for one test.
 pub struct TestDb {
     /// The store, migrated and empty.
@@ -39,6 +46,8 @@ enum Cleanup {
     Dir(PathBuf),
     /// A database on a MySQL server (`server` has no database part).
     MysqlDatabase { server: String, name: String },
+    /// A database on a PostgreSQL server (`server` has no database part).
+    PostgresDatabase { server: String, name: String },
 }
 
 /// A name no other test (in this or another process) uses.
@@ -101,6 +110,40 @@ pub async fn mysql_store() -> TestDb {
     }
 }
 
+/// A store on a new database of the PostgreSQL server named by [`POSTGRES_ENV`].
+pub async fn postgres_store() -> TestDb {
+    let server = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
+    let server = server.trim_end_matches('/').to_owned();
+    let name = unique_name();
+    let dsn = format!("{server}/{name}");
+    let store = open(&dsn).await.unwrap_or_else(|e| {
+        panic!(
+            "open test store {}: {e} (is PostgreSQL running? set {POSTGRES_ENV} to a server DSN)",
+            super::redact_dsn(&dsn)
+        )
+    });
+    TestDb {
+        store,
+        dsn,
+        cleanup: Cleanup::PostgresDatabase { server, name },
+    }
+}
+
+/// Drops database `name` of the PostgreSQL server `server` (a DSN without a database part), closing the
+/// connections still open to it.
+pub async fn drop_postgres_database(server: &str, name: &str) {
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}/postgres", server.trim_end_matches('/')))
+        .await
+        .unwrap_or_else(|e| panic!("connect to drop {name}: {e}"));
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("drop database {name}: {e}"));
+    pool.close().await;
+}
+
 impl TestDb {
     /// Closes the store and removes its database. Call it last in a test, so a failed test keeps its data.
     pub async fn finish(self) {
@@ -123,6 +166,9 @@ impl TestDb {
                     .await
                     .unwrap_or_else(|e| panic!("drop database {name}: {e}"));
                 pool.close().await;
+            }
+            Cleanup::PostgresDatabase { server, name } => {
+                drop_postgres_database(&server, &name).await;
             }
         }
     }

@@ -76,10 +76,14 @@ impl Default for WriterOptions {
 
 impl WriterOptions {
     /// The defaults for a store of this kind ([`StoreBase::kind`](super::StoreBase::kind)): two batches in flight on
-    /// MySQL, one on SQLite.
+    /// MySQL and PostgreSQL, one on SQLite.
     pub fn for_store(kind: &str) -> Self {
         Self {
-            pipeline: if kind == "mysql" { 2 } else { 1 },
+            pipeline: if matches!(kind, "mysql" | "postgres") {
+                2
+            } else {
+                1
+            },
             ..Self::default()
         }
     }
@@ -1025,4 +1029,6 @@ mod tests {
     writer_tests!(sqlite, crate::store::testing::sqlite_store);
     #[cfg(feature = "mysql")]
     writer_tests!(mysql, crate::store::testing::mysql_store);
+    #[cfg(feature = "postgres")]
+    writer_tests!(postgres, crate::store::testing::postgres_store);
 }

@@ -33,11 +33,18 @@ pub use xa_rm::XaRm;
 pub enum Backend {
     Sqlite,
     Mysql,
+    Postgres,
 }
 
 /// Base DSN of the test MariaDB/MySQL server (`BRAID_TEST_MYSQL`, default root on 127.0.0.1:3306).
 pub fn mysql_base() -> String {
     std::env::var("BRAID_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// Base DSN of the test PostgreSQL server (`BRAID_TEST_POSTGRES`, default user postgres on 127.0.0.1:5432).
+pub fn postgres_base() -> String {
+    std::env::var("BRAID_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 /// A fresh store DSN for `backend`.
@@ -49,6 +56,7 @@ pub fn fresh_dsn(backend: Backend) -> String {
             format!("sqlite://{}/braid.db", dir.display())
         }
         Backend::Mysql => format!("{}/braid_it_{id}", mysql_base()),
+        Backend::Postgres => format!("{}/braid_it_{id}", postgres_base()),
     }
 }
 
@@ -369,12 +377,21 @@ impl TestServer {
     }
 }
 
-/// Drops the database of a MySQL DSN made by [`fresh_dsn`] (no-op for SQLite).
+/// Drops the database of a MySQL or PostgreSQL DSN made by [`fresh_dsn`] (no-op for SQLite).
 pub async fn drop_database(dsn: &str) {
     if let Some(db) = dsn.strip_prefix(&format!("{}/", mysql_base())) {
         sqlx::any::install_default_drivers();
         if let Ok(pool) = sqlx::AnyPool::connect(&format!("{}/", mysql_base())).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+                .execute(&pool)
+                .await;
+            pool.close().await;
+        }
+    }
+    if let Some(db) = dsn.strip_prefix(&format!("{}/", postgres_base())) {
+        sqlx::any::install_default_drivers();
+        if let Ok(pool) = sqlx::AnyPool::connect(&format!("{}/postgres", postgres_base())).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
                 .execute(&pool)
                 .await;
             pool.close().await;
@@ -403,7 +420,7 @@ pub fn gid(prefix: &str) -> String {
 
 /// Stamps out one `#[tokio::test]` per backend for each scenario `async fn name(backend: Backend)`.
 #[macro_export]
-macro_rules! on_both_stores {
+macro_rules! on_every_store {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
             $(
@@ -418,6 +435,14 @@ macro_rules! on_both_stores {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::Mysql).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
                 }
             )+
         }

@@ -140,3 +140,5 @@ conformance!(
 );
 #[cfg(feature = "mysql")]
 conformance!(mysql, crate::store::testing::mysql_store);
+#[cfg(feature = "postgres")]
+conformance!(postgres, crate::store::testing::postgres_store);

@@ -1,5 +1,5 @@
-//! [`ClaimStore`] on SQL: claims of due rows (`FOR UPDATE SKIP LOCKED` on MySQL, one `UPDATE .. RETURNING`
-//! under SQLite's single writer) and the fencing rows of `braid_partition`.
+//! [`ClaimStore`] on SQL: claims of due rows (`FOR UPDATE SKIP LOCKED` on MySQL and PostgreSQL, one
+//! `UPDATE .. RETURNING` under SQLite's single writer) and the fencing rows of `braid_partition`.
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
@@ -48,6 +48,7 @@ impl SqlStore {
             placeholders(fences.len()),
             self.dialect.share_lock()
         );
+        let sql = self.sql(&sql);
         let mut q = sqlx::query(&sql);
         for f in fences {
             q = q.bind(i64::from(f.partition.0));
@@ -78,6 +79,25 @@ impl SqlStore {
                     "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN (SELECT id FROM braid_txn \
                      WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?) RETURNING {TXN_COLS}"
                 );
+                let sql = self.sql(&sql);
+                let q = sqlx::query(&sql)
+                    .bind(c.lease_until.0)
+                    .bind(c.owner.as_str())
+                    .bind(c.now.0);
+                let rows = bind_partitions(q, partitions)
+                    .bind(i64::from(c.limit))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter().map(decode_txn).collect()
+            }
+            Dialect::Postgres => {
+                // One statement: the inner SELECT locks the due rows no one else holds, the UPDATE claims
+                // them and returns them as they are now.
+                let sql = format!(
+                    "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN (SELECT id FROM braid_txn \
+                     WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING {TXN_COLS}"
+                );
+                let sql = self.sql(&sql);
                 let q = sqlx::query(&sql)
                     .bind(c.lease_until.0)
                     .bind(c.owner.as_str())
@@ -93,6 +113,7 @@ impl SqlStore {
                     "SELECT id FROM braid_txn WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ? \
                      FOR UPDATE SKIP LOCKED"
                 );
+                let sql = self.sql(&sql);
                 let q = sqlx::query(&sql).bind(c.now.0);
                 let ids: Vec<i64> = bind_partitions(q, partitions)
                     .bind(i64::from(c.limit))
@@ -108,6 +129,7 @@ impl SqlStore {
                 let sql = format!(
                     "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN ({in_list})"
                 );
+                let sql = self.sql(&sql);
                 let mut q = sqlx::query(&sql)
                     .bind(c.lease_until.0)
                     .bind(c.owner.as_str());
@@ -116,6 +138,7 @@ impl SqlStore {
                 }
                 q.execute(&mut **tx).await?;
                 let sql = format!("SELECT {TXN_COLS} FROM braid_txn WHERE id IN ({in_list})");
+                let sql = self.sql(&sql);
                 let mut q = sqlx::query(&sql);
                 for id in &ids {
                     q = q.bind(*id);
@@ -160,14 +183,16 @@ impl ClaimStore for SqlStore {
     async fn init_partitions(&self, count: u16) -> Result<u16> {
         let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
         let sql = format!(
-            "{} braid_meta (k, v) VALUES ('partitions', ?)",
-            self.dialect.insert_ignore()
+            "{} braid_meta (k, v) VALUES ('partitions', ?){}",
+            self.dialect.insert_ignore(),
+            self.dialect.insert_ignore_end()
         );
+        let sql = self.sql(&sql);
         sqlx::query(&sql)
             .bind(count.to_string())
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT v FROM braid_meta WHERE k = 'partitions'")
+        let row = sqlx::query(self.stmt("SELECT v FROM braid_meta WHERE k = 'partitions'"))
             .fetch_one(&mut *tx)
             .await?;
         let stored_text = text(&row, "v")?;
@@ -180,9 +205,11 @@ impl ClaimStore for SqlStore {
         for chunk in ids.chunks(INSERT_CHUNK) {
             let values = vec!["(?)"; chunk.len()].join(", ");
             let sql = format!(
-                "{} braid_partition (partition_id) VALUES {values}",
-                self.dialect.insert_ignore()
+                "{} braid_partition (partition_id) VALUES {values}{}",
+                self.dialect.insert_ignore(),
+                self.dialect.insert_ignore_end()
             );
+            let sql = self.sql(&sql);
             let mut q = sqlx::query(&sql);
             for id in chunk {
                 q = q.bind(*id);
@@ -195,9 +222,9 @@ impl ClaimStore for SqlStore {
 
     async fn fence_partition(&self, p: Partition, owner: &str, now: Millis) -> Result<LeaseEpoch> {
         let mut tx = self.pool.begin_with(self.dialect.begin()).await?;
-        let bumped = sqlx::query(
+        let bumped = sqlx::query(self.stmt(
             "UPDATE braid_partition SET epoch = epoch + 1, owner = ?, fenced_at = ? WHERE partition_id = ?",
-        )
+        ))
         .bind(owner)
         .bind(now.0)
         .bind(i64::from(p.0))
@@ -208,19 +235,20 @@ impl ClaimStore for SqlStore {
                 "partition {p} has no fencing row: the partition count was not initialised"
             )));
         }
-        let row = sqlx::query("SELECT epoch FROM braid_partition WHERE partition_id = ?")
-            .bind(i64::from(p.0))
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query(self.stmt("SELECT epoch FROM braid_partition WHERE partition_id = ?"))
+                .bind(i64::from(p.0))
+                .fetch_one(&mut *tx)
+                .await?;
         let epoch = decode_epoch(&row)?;
         tx.commit().await?;
         Ok(epoch)
     }
 
     async fn partition_fences(&self) -> Result<Vec<PartitionFence>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.stmt(
             "SELECT partition_id, epoch, owner, fenced_at FROM braid_partition ORDER BY partition_id",
-        )
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -27,6 +27,7 @@ impl KvStore for SqlStore {
     async fn kv_scan(&self, cat: &str, after_id: Option<i64>, limit: u32) -> Result<Vec<KvRecord>> {
         let sql =
             format!("SELECT {KV_COLS} FROM braid_kv WHERE cat = ? AND id > ? ORDER BY id LIMIT ?");
+        let sql = self.sql(&sql);
         let rows = sqlx::query(&sql)
             .bind(cat)
             .bind(after_id.unwrap_or(0))
@@ -38,6 +39,7 @@ impl KvStore for SqlStore {
 
     async fn kv_find(&self, cat: &str, k: &str) -> Result<Option<KvRecord>> {
         let sql = format!("SELECT {KV_COLS} FROM braid_kv WHERE cat = ? AND k = ?");
+        let sql = self.sql(&sql);
         let row = sqlx::query(&sql)
             .bind(cat)
             .bind(k)
@@ -47,7 +49,7 @@ impl KvStore for SqlStore {
     }
 
     async fn kv_create(&self, cat: &str, k: &str, v: &str, now: Millis) -> Result<bool> {
-        let done = sqlx::query("INSERT INTO braid_kv (cat, k, v, version, create_time, update_time) VALUES (?, ?, ?, 1, ?, ?)")
+        let done = sqlx::query(self.stmt("INSERT INTO braid_kv (cat, k, v, version, create_time, update_time) VALUES (?, ?, ?, 1, ?, ?)"))
             .bind(cat)
             .bind(k)
             .bind(v)
@@ -70,9 +72,9 @@ impl KvStore for SqlStore {
         expect_version: i64,
         now: Millis,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let done = sqlx::query(self.stmt(
             "UPDATE braid_kv SET v = ?, version = version + 1, update_time = ? WHERE cat = ? AND k = ? AND version = ?",
-        )
+        ))
         .bind(v)
         .bind(now.0)
         .bind(cat)
@@ -84,7 +86,7 @@ impl KvStore for SqlStore {
     }
 
     async fn kv_delete(&self, cat: &str, k: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM braid_kv WHERE cat = ? AND k = ?")
+        let done = sqlx::query(self.stmt("DELETE FROM braid_kv WHERE cat = ? AND k = ?"))
             .bind(cat)
             .bind(k)
             .execute(&self.pool)

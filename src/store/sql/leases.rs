@@ -32,13 +32,13 @@ impl LeaseStore for SqlStore {
         let expires = now.0.saturating_add(duration_ms.max(0));
         // `holder` is assigned last: MySQL evaluates assignments left to right with the new values, SQLite
         // with the old ones; with this order both compare against the previous holder.
-        let taken = sqlx::query(
+        let taken = sqlx::query(self.stmt(
             "UPDATE braid_lease SET \
              transitions = transitions + CASE WHEN holder = ? THEN 0 ELSE 1 END, \
              acquired_at = CASE WHEN holder = ? THEN acquired_at ELSE ? END, \
              renewed_at = ?, expires_at = ?, holder = ? \
              WHERE name = ? AND (holder = ? OR holder = '' OR expires_at <= ?)",
-        )
+        ))
         .bind(holder)
         .bind(holder)
         .bind(now.0)
@@ -53,10 +53,10 @@ impl LeaseStore for SqlStore {
         if taken.rows_affected() > 0 {
             return Ok(true);
         }
-        let created = sqlx::query(
+        let created = sqlx::query(self.stmt(
             "INSERT INTO braid_lease (name, holder, acquired_at, renewed_at, expires_at, transitions) \
              VALUES (?, ?, ?, ?, ?, 1)",
-        )
+        ))
         .bind(name)
         .bind(holder)
         .bind(now.0)
@@ -73,7 +73,7 @@ impl LeaseStore for SqlStore {
     }
 
     async fn lease_release(&self, name: &str, holder: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM braid_lease WHERE name = ? AND holder = ?")
+        let done = sqlx::query(self.stmt("DELETE FROM braid_lease WHERE name = ? AND holder = ?"))
             .bind(name)
             .bind(holder)
             .execute(&self.pool)
@@ -82,11 +82,11 @@ impl LeaseStore for SqlStore {
     }
 
     async fn lease_list(&self, prefix: &str, now: Millis) -> Result<Vec<LeaseRecord>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.stmt(
             "SELECT name, holder, acquired_at, renewed_at, expires_at, transitions FROM braid_lease \
              WHERE SUBSTR(name, 1, ?) = ? AND expires_at > ? ORDER BY name",
-        )
-        .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+        ))
+        .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
         .bind(prefix)
         .bind(now.0)
         .fetch_all(&self.pool)

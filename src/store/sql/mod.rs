@@ -1,6 +1,10 @@
-//! The SQL implementation of the store traits, shared by the SQLite and MySQL backends through sqlx's `Any`
-//! driver. The backends differ only in the [`Dialect`]: how a write transaction begins, how due rows are
-//! claimed, and which error codes mean "duplicate key".
+//! The SQL implementation of the store traits, shared by the SQLite, MySQL and PostgreSQL backends through
+//! sqlx's `Any` driver. The backends differ only in the [`Dialect`]: the placeholder syntax, how a write
+//! transaction begins, how due rows are claimed, how an insert skips existing keys, and how the database
+//! reports a lock conflict.
+//!
+//! Statements are written once, with `?` placeholders; [`SqlStore::stmt`] (fixed statements, rewritten once
+//! per process) and [`SqlStore::sql`] (statements built at run time) give them in the database's syntax.
 //!
 //! [`SqlStore`] implements each trait of the contract in the file of the same name: `txns.rs` (batched
 //! writes with grouped statements, reads), `claims.rs` (claims and fencing), `leases.rs`, `kv.rs` and
@@ -12,6 +16,8 @@ mod kv;
 mod leases;
 mod maintenance;
 mod txns;
+
+use std::borrow::Cow;
 
 use async_trait::async_trait;
 use sqlx::AnyPool;
@@ -30,6 +36,11 @@ pub(crate) enum Dialect {
     /// MySQL 8 / MariaDB 10.6+: row locks; claims use `FOR UPDATE SKIP LOCKED`.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     Mysql,
+    /// PostgreSQL 13+: row locks, `FOR UPDATE SKIP LOCKED` claims in one `UPDATE .. RETURNING`, `$n`
+    /// placeholders. A failed statement aborts the whole transaction, so nothing relies on catching one
+    /// inside a transaction without a savepoint.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Postgres,
 }
 
 impl Dialect {
@@ -37,14 +48,45 @@ impl Dialect {
         match self {
             Self::Sqlite => "sqlite",
             Self::Mysql => "mysql",
+            Self::Postgres => "postgres",
         }
     }
 
     fn begin(self) -> &'static str {
         match self {
             Self::Sqlite => "BEGIN IMMEDIATE",
-            Self::Mysql => "BEGIN",
+            Self::Mysql | Self::Postgres => "BEGIN",
         }
+    }
+
+    /// `sql` (written with `?` placeholders) in this dialect's syntax: unchanged, or with `$1, $2, ..` on
+    /// PostgreSQL. A `?` inside a quoted literal or identifier is left alone.
+    pub(crate) fn sql(self, sql: &str) -> Cow<'_, str> {
+        if self != Self::Postgres || !sql.contains('?') {
+            return Cow::Borrowed(sql);
+        }
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0u32;
+        let mut quote: Option<char> = None;
+        for c in sql.chars() {
+            match (quote, c) {
+                (None, '\'' | '"' | '`') => {
+                    quote = Some(c);
+                    out.push(c);
+                }
+                (Some(q), c) if c == q => {
+                    quote = None;
+                    out.push(c);
+                }
+                (None, '?') => {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                }
+                _ => out.push(c),
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// Appended to a `SELECT` that must keep the rows it read unchanged until commit. SQLite needs nothing:
@@ -53,15 +95,52 @@ impl Dialect {
         match self {
             Self::Sqlite => "",
             Self::Mysql => " LOCK IN SHARE MODE",
+            Self::Postgres => " FOR SHARE",
         }
     }
 
-    /// An `INSERT` that skips rows whose key exists.
+    /// An `INSERT` that skips rows whose key exists: this before the table name, and
+    /// [`Dialect::insert_ignore_end`] after the values.
     fn insert_ignore(self) -> &'static str {
         match self {
             Self::Sqlite => "INSERT OR IGNORE INTO",
             Self::Mysql => "INSERT IGNORE INTO",
+            Self::Postgres => "INSERT INTO",
         }
+    }
+
+    /// See [`Dialect::insert_ignore`].
+    fn insert_ignore_end(self) -> &'static str {
+        match self {
+            Self::Sqlite | Self::Mysql => "",
+            Self::Postgres => " ON CONFLICT DO NOTHING",
+        }
+    }
+}
+
+/// Fixed statements rewritten for PostgreSQL, each once per process (the set is the program's own
+/// statement texts, so it is bounded).
+static POSTGRES_STMTS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<&'static str, &'static str>>,
+> = std::sync::LazyLock::new(Default::default);
+
+impl SqlStore {
+    /// A fixed statement in this store's syntax (see the module docs).
+    pub(super) fn stmt(&self, sql: &'static str) -> &'static str {
+        let Cow::Owned(rewritten) = self.dialect.sql(sql) else {
+            return sql;
+        };
+        let mut stmts = POSTGRES_STMTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stmts
+            .entry(sql)
+            .or_insert_with(|| Box::leak(rewritten.into_boxed_str()))
+    }
+
+    /// A statement built at run time in this store's syntax (see the module docs).
+    pub(super) fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+        self.dialect.sql(sql)
     }
 }
 
@@ -127,6 +206,9 @@ impl StoreBase for SqlStore {
                 "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms"
             }
             Dialect::Mysql => "SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) AS now_ms",
+            Dialect::Postgres => {
+                "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT) AS now_ms"
+            }
         };
         let row = sqlx::query(sql).fetch_one(&self.pool).await?;
         Ok(Millis(row.try_get("now_ms")?))
@@ -134,7 +216,8 @@ impl StoreBase for SqlStore {
 
     async fn max_packet_bytes(&self) -> Result<Option<u64>> {
         match self.dialect {
-            Dialect::Sqlite => Ok(None),
+            // PostgreSQL takes statements of up to 1 GiB: the writer's own cap is far below.
+            Dialect::Sqlite | Dialect::Postgres => Ok(None),
             Dialect::Mysql => {
                 let sql = "SELECT CAST(@@max_allowed_packet AS SIGNED) AS packet";
                 let packet: i64 = sqlx::query(sql)

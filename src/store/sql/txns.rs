@@ -217,6 +217,7 @@ impl SqlStore {
         branches: &[Branch],
     ) -> Result<WriteOutcome> {
         let sql = txn_insert_sql(1);
+        let sql = self.sql(&sql);
         let inserted = bind_txn(sqlx::query(&sql), txn)?.execute(&mut **tx).await;
         match inserted {
             Ok(_) => {}
@@ -240,11 +241,15 @@ impl SqlStore {
         tx: &mut Transaction<'static, Any>,
         inserts: &[(&GlobalTxn, &[Branch])],
     ) -> Result<Vec<WriteOutcome>> {
+        if self.dialect == Dialect::Postgres {
+            return self.insert_txns_skipping(tx, inserts).await;
+        }
         let mut outcomes = Vec::with_capacity(inserts.len());
         let mut done = 0;
         for len in pow2_chunks(inserts.len(), INSERT_CHUNK) {
             let chunk = &inserts[done..done + len];
             let sql = txn_insert_sql(len);
+            let sql = self.sql(&sql);
             let mut q = sqlx::query(&sql);
             for (txn, _) in chunk {
                 q = bind_txn(q, txn)?;
@@ -269,6 +274,48 @@ impl SqlStore {
         Ok(outcomes)
     }
 
+    /// [`SqlStore::insert_txns`] on PostgreSQL, where a failed statement would abort the whole transaction:
+    /// each multi-row `INSERT` skips the gids that exist (`ON CONFLICT (gid) DO NOTHING`) and returns the
+    /// ones it inserted; the others are `Conflict`, and only the branches of inserted rows are written.
+    async fn insert_txns_skipping(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        inserts: &[(&GlobalTxn, &[Branch])],
+    ) -> Result<Vec<WriteOutcome>> {
+        let mut outcomes = Vec::with_capacity(inserts.len());
+        let mut done = 0;
+        for len in pow2_chunks(inserts.len(), INSERT_CHUNK) {
+            let chunk = &inserts[done..done + len];
+            done += len;
+            let sql = format!(
+                "{} ON CONFLICT (gid) DO NOTHING RETURNING gid",
+                txn_insert_sql(len)
+            );
+            let sql = self.sql(&sql);
+            let mut q = sqlx::query(&sql);
+            for (txn, _) in chunk {
+                q = bind_txn(q, txn)?;
+            }
+            let inserted: HashSet<String> = q
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|row| text(row, "gid"))
+                .collect::<Result<_>>()?;
+            let mut branches = Vec::new();
+            for (txn, txn_branches) in chunk {
+                if inserted.contains(txn.gid.as_str()) {
+                    outcomes.push(WriteOutcome::Applied(Version(1)));
+                    branches.extend(txn_branches.iter());
+                } else {
+                    outcomes.push(WriteOutcome::Conflict);
+                }
+            }
+            self.insert_branches(tx, branches.into_iter()).await?;
+        }
+        Ok(outcomes)
+    }
+
     async fn insert_branches<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -287,6 +334,7 @@ impl SqlStore {
                     vec![row; rows].join(", ")
                 )
             });
+            let sql = self.sql(&sql);
             let mut q = sqlx::query(&sql);
             for b in chunk {
                 q = q
@@ -363,6 +411,7 @@ impl SqlStore {
                 let chunk = &group[done..done + len];
                 done += len;
                 let sql = chunk_sql(slots, len, build);
+                let sql = self.sql(&sql);
                 let mut q = sqlx::query(&sql).bind(status.as_str()).bind(now);
                 if has_time_col {
                     q = q.bind(now);
@@ -432,7 +481,7 @@ impl SqlStore {
         if u.new_branches.is_empty() {
             return self.update_row_and_branches(tx, u).await;
         }
-        sqlx::query("SAVEPOINT braid_write")
+        sqlx::query(self.stmt("SAVEPOINT braid_write"))
             .execute(&mut **tx)
             .await?;
         let outcome = match self.update_row_and_branches(tx, u).await? {
@@ -440,7 +489,7 @@ impl SqlStore {
                 match self.insert_branches(tx, u.new_branches.iter()).await {
                     Ok(()) => WriteOutcome::Applied(version),
                     Err(e) if is_duplicate_key(&e) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT braid_write")
+                        sqlx::query(self.stmt("ROLLBACK TO SAVEPOINT braid_write"))
                             .execute(&mut **tx)
                             .await?;
                         WriteOutcome::DuplicateBranch
@@ -450,7 +499,7 @@ impl SqlStore {
             }
             unchanged @ (WriteOutcome::Conflict | WriteOutcome::DuplicateBranch) => unchanged,
         };
-        sqlx::query("RELEASE SAVEPOINT braid_write")
+        sqlx::query(self.stmt("RELEASE SAVEPOINT braid_write"))
             .execute(&mut **tx)
             .await?;
         Ok(outcome)
@@ -488,7 +537,9 @@ impl SqlStore {
         let (version_set, returning) = match (u.expect_version, self.dialect) {
             (Some(_), _) => ("version = version + 1", ""),
             (None, Dialect::Mysql) => ("version = LAST_INSERT_ID(version + 1)", ""),
-            (None, Dialect::Sqlite) => ("version = version + 1", " RETURNING version"),
+            (None, Dialect::Sqlite | Dialect::Postgres) => {
+                ("version = version + 1", " RETURNING version")
+            }
         };
         let mut sets = vec![version_set, "update_time = ?"];
         if u.status.is_some() {
@@ -526,6 +577,7 @@ impl SqlStore {
             "UPDATE braid_txn SET {} WHERE gid = ? AND status = ?{version_cond}{unclaimed_cond}{returning}",
             sets.join(", ")
         );
+        let sql = self.sql(&sql);
         let mut q = sqlx::query(&sql).bind(u.now.0);
         if let Some(status) = u.status {
             q = q.bind(status.as_str());
@@ -575,7 +627,7 @@ impl SqlStore {
                     .ok_or_else(|| corrupt(&format!("new version of {}", u.gid), "not reported"))?;
                 u64::try_from(id).map_err(|e| corrupt("version", e))?
             }
-            (None, Dialect::Sqlite) => {
+            (None, Dialect::Sqlite | Dialect::Postgres) => {
                 let Some(row) = q.fetch_optional(&mut **tx).await? else {
                     return Ok(WriteOutcome::Conflict);
                 };
@@ -602,6 +654,7 @@ impl TxnStore for SqlStore {
 
     async fn find_txn(&self, gid: &Gid) -> Result<Option<GlobalTxn>> {
         let sql = format!("SELECT {TXN_COLS} FROM braid_txn WHERE gid = ?");
+        let sql = self.sql(&sql);
         let row = sqlx::query(&sql)
             .bind(gid.as_str())
             .fetch_optional(&self.pool)
@@ -611,6 +664,7 @@ impl TxnStore for SqlStore {
 
     async fn find_branches(&self, gid: &Gid) -> Result<Vec<Branch>> {
         let sql = format!("SELECT {BRANCH_COLS} FROM braid_branch WHERE gid = ? ORDER BY id");
+        let sql = self.sql(&sql);
         let rows = sqlx::query(&sql)
             .bind(gid.as_str())
             .fetch_all(&self.pool)
@@ -639,6 +693,7 @@ impl TxnStore for SqlStore {
             "SELECT {TXN_COLS} FROM braid_txn WHERE {} ORDER BY id DESC LIMIT ?",
             conds.join(" AND ")
         );
+        let sql = self.sql(&sql);
         let mut q = sqlx::query(&sql);
         if let Some(id) = f.before_id {
             q = q.bind(id);
