@@ -93,12 +93,16 @@ impl EpochSampler {
             let mut owner_of: HashMap<(i64, i64), String> = HashMap::new();
             let mut latest: HashMap<i64, i64> = HashMap::new();
             while !stop2.load(Ordering::SeqCst) {
-                let rows = sqlx::query(
-                    "SELECT partition_id, epoch, CAST(owner AS CHAR) AS owner FROM braid_partition",
-                )
-                .fetch_all(&pool)
-                .await
-                .expect("read braid_partition");
+                // MySQL's Any driver reads VARCHAR columns as bytes unless cast.
+                let sql = if dsn.starts_with("mysql:") {
+                    "SELECT partition_id, epoch, CAST(owner AS CHAR) AS owner FROM braid_partition"
+                } else {
+                    "SELECT partition_id, epoch, owner FROM braid_partition"
+                };
+                let rows = sqlx::query(sql)
+                    .fetch_all(&pool)
+                    .await
+                    .expect("read braid_partition");
                 for row in rows {
                     let p: i64 = row.get("partition_id");
                     let e: i64 = row.get("epoch");
@@ -126,10 +130,9 @@ impl EpochSampler {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_split_partitions_and_rebalance_when_scaled_3_5_2() {
+async fn replicas_split_partitions_and_rebalance_when_scaled_3_5_2(backend: Backend) {
     let _serial = REPLICAS.lock().await;
-    let dsn = fresh_dsn(Backend::Mysql);
+    let dsn = fresh_dsn(backend);
     let r0 = spawn(&dsn, "r0", &[]).await;
     let sampler = EpochSampler::start(&dsn);
     let r1 = spawn(&dsn, "r1", &[]).await;
@@ -190,12 +193,12 @@ async fn replicas_split_partitions_and_rebalance_when_scaled_3_5_2() {
     drop_database(&dsn).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_replicas_partitions_are_taken_over_within_lease_duration_and_its_work_completes()
-{
+async fn sigkilled_replicas_partitions_are_taken_over_within_lease_duration_and_its_work_completes(
+    backend: Backend,
+) {
     let _serial = REPLICAS.lock().await;
     let busi = Busi::start().await;
-    let dsn = fresh_dsn(Backend::Mysql);
+    let dsn = fresh_dsn(backend);
     let flags = ["--retry-interval", "1", "--request-timeout", "10"];
     let r0 = spawn(&dsn, "r0", &flags).await;
     let r1 = spawn(&dsn, "r1", &flags).await;
@@ -260,11 +263,10 @@ async fn sigkilled_replicas_partitions_are_taken_over_within_lease_duration_and_
     drop_database(&dsn).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_replica_that_wakes_after_losing_its_partitions_writes_nothing() {
+async fn a_stopped_replica_that_wakes_after_losing_its_partitions_writes_nothing(backend: Backend) {
     let _serial = REPLICAS.lock().await;
     let busi = Busi::start().await;
-    let dsn = fresh_dsn(Backend::Mysql);
+    let dsn = fresh_dsn(backend);
     // A claim keeps a transaction for retry-interval seconds: longer than the take-over, so the new owner
     // has not touched r0's claimed transactions when r0 wakes; only the fence can refuse r0's writes.
     let flags = ["--retry-interval", "12", "--request-timeout", "20"];
@@ -377,6 +379,12 @@ async fn a_stopped_replica_that_wakes_after_losing_its_partitions_writes_nothing
     drop_database(&dsn).await;
 }
 
+on_shared_stores!(
+    replicas_split_partitions_and_rebalance_when_scaled_3_5_2,
+    sigkilled_replicas_partitions_are_taken_over_within_lease_duration_and_its_work_completes,
+    a_stopped_replica_that_wakes_after_losing_its_partitions_writes_nothing,
+);
+
 fn status_rank(s: &str) -> u8 {
     match s {
         "prepared" => 0,
@@ -406,14 +414,17 @@ impl StatusWatcher {
             let mut history: HashMap<String, Vec<(String, i64)>> = HashMap::new();
             loop {
                 let done = stop2.load(Ordering::SeqCst);
+                let sql = if dsn.starts_with("mysql:") {
+                    "SELECT CAST(status AS CHAR) AS status, version FROM braid_txn WHERE gid = ?"
+                } else {
+                    "SELECT status, version FROM braid_txn WHERE gid = $1"
+                };
                 for g in &gids {
-                    let row = sqlx::query(
-                        "SELECT CAST(status AS CHAR) AS status, version FROM braid_txn WHERE gid = ?",
-                    )
-                    .bind(g)
-                    .fetch_one(&pool)
-                    .await
-                    .expect("read braid_txn");
+                    let row = sqlx::query(sql)
+                        .bind(g)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("read braid_txn");
                     let now: (String, i64) = (row.get("status"), row.get("version"));
                     let seen = history.entry(g.clone()).or_default();
                     if let Some(prev) = seen.last() {

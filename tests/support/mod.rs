@@ -449,6 +449,30 @@ macro_rules! on_every_store {
     };
 }
 
+/// Stamps out one `#[tokio::test]` per store replicas can share (every backend but SQLite) for each
+/// scenario `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_shared_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Mysql).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
 /// The test as a TCC/XA client calling a branch itself (a TCC try): POST `url` with DTM's query parameters,
 /// `headers` and `body`. Returns the HTTP status.
 pub async fn call_branch(
