@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::client::Conn;
-use crate::target::{ProcSample, StoreCounters, Target, proc_sample};
+use crate::target::{DbProcs, ProcSample, StoreCounters, Target, proc_sample};
 use crate::workload::{Worker, Workload};
 
 const WARMUP: u8 = 0;
@@ -47,7 +47,7 @@ struct Sample {
     me: Option<ProcSample>,
 }
 
-async fn sample(target: &Target, db_pid: Option<u32>) -> Sample {
+async fn sample(target: &Target, db: Option<DbProcs>) -> Sample {
     let counters = match target.store_counters().await {
         Ok(c) => c,
         Err(e) => {
@@ -59,7 +59,7 @@ async fn sample(target: &Target, db_pid: Option<u32>) -> Sample {
         at: Instant::now(),
         counters,
         server: target.pid.and_then(proc_sample),
-        db: db_pid.and_then(proc_sample),
+        db: db.and_then(|d| d.sample()),
         me: proc_sample(std::process::id()),
     }
 }
@@ -139,7 +139,7 @@ fn worker_for(braid: SocketAddr, busi: Option<SocketAddr>) -> anyhow::Result<Wor
 /// Runs the load against `target` and measures it.
 pub async fn run(
     target: &Target,
-    db_pid: Option<u32>,
+    db: Option<DbProcs>,
     opts: &LoadOptions,
 ) -> anyhow::Result<LoadResult> {
     let phase = Arc::new(AtomicU8::new(WARMUP));
@@ -230,11 +230,11 @@ pub async fn run(
     }
 
     tokio::time::sleep(opts.warmup).await;
-    let before = sample(target, db_pid).await;
+    let before = sample(target, db).await;
     phase.store(MEASURE, Ordering::Relaxed);
     tokio::time::sleep(opts.duration).await;
     phase.store(STOP, Ordering::Relaxed);
-    let after = sample(target, db_pid).await;
+    let after = sample(target, db).await;
     let seconds = (after.at - before.at).as_secs_f64();
 
     let mut backlog = 0;

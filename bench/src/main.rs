@@ -47,6 +47,7 @@ enum Command {
 enum StoreKind {
     Sqlite,
     Mysql,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -61,6 +62,13 @@ struct CommonArgs {
         default_value = "mysql://root@127.0.0.1:3306"
     )]
     mysql: String,
+    /// PostgreSQL server, without a database (braid gets a fresh `braid_bench_<id>` database).
+    #[arg(
+        long,
+        env = "BRAID_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    postgres: String,
     /// Directory for SQLite files (a fresh file per run, removed afterwards).
     #[arg(long, default_value = "target/bench-data")]
     sqlite_dir: PathBuf,
@@ -94,6 +102,9 @@ impl CommonArgs {
             },
             StoreKind::Mysql => Store::Mysql {
                 server: self.mysql.clone(),
+            },
+            StoreKind::Postgres => Store::Postgres {
+                server: self.postgres.clone(),
             },
         }
     }
@@ -141,7 +152,7 @@ struct SuiteArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "sqlite,mysql"
+        default_value = "sqlite,mysql,postgres"
     )]
     stores: Vec<StoreKind>,
     /// Also write the results table (Markdown) to this file.
@@ -228,6 +239,9 @@ async fn print_store_settings(store: &Store) -> String {
         Store::Mysql { server } => raw::mysql_settings(server)
             .await
             .unwrap_or_else(|e| format!("database settings unknown: {e:#}")),
+        Store::Postgres { server } => raw::postgres_settings(server)
+            .await
+            .unwrap_or_else(|e| format!("database settings unknown: {e:#}")),
         Store::Sqlite { dir } => format!(
             "sqlite: files in {}, journal_mode=WAL synchronous=FULL (braid's settings)",
             dir.display()
@@ -312,10 +326,7 @@ async fn run_one(
             .await?
         }
     };
-    let db_pid = match store {
-        Store::Mysql { .. } => target::find_db_pid(),
-        Store::Sqlite { .. } => None,
-    };
+    let db_procs = store.db_procs();
     let mode = match rate {
         Some(r) => format!("open loop at {r:.0}/s over {} connections", common.clients),
         None => format!("closed loop, {} clients", common.clients),
@@ -336,7 +347,7 @@ async fn run_one(
         run_id: id.clone(),
         busi: busi.as_ref().map(|b| b.addr),
     };
-    let result = load::run(&target, db_pid, &opts).await;
+    let result = load::run(&target, db_procs, &opts).await;
     if server.target.is_none() {
         target.stop().await;
         store.cleanup(&id).await;
@@ -452,7 +463,7 @@ fn table(rows: &[Row]) -> String {
 /// The goals of issue 7, judged from the rows (a report, not an assertion).
 fn goals(rows: &[Row]) -> String {
     let mut g = String::new();
-    for store in ["sqlite", "mysql"] {
+    for store in ["sqlite", "mysql", "postgres"] {
         let find = |w: Workload, open: bool| {
             rows.iter()
                 .find(|r| r.store == store && r.workload == w && r.rate.is_some() == open)

@@ -24,14 +24,31 @@ pub enum Store {
         /// Server DSN without a database.
         server: String,
     },
+    /// A fresh database on this PostgreSQL server (`postgres://user:pass@host:port`, no database),
+    /// dropped afterwards.
+    Postgres {
+        /// Server DSN without a database.
+        server: String,
+    },
 }
 
 impl Store {
-    /// `sqlite` or `mysql`.
+    /// `sqlite`, `mysql` or `postgres`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Sqlite { .. } => "sqlite",
             Self::Mysql { .. } => "mysql",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// The processes of this store's database server on this machine, for their CPU share (none for
+    /// SQLite, which runs inside braid).
+    pub fn db_procs(&self) -> Option<DbProcs> {
+        match self {
+            Self::Sqlite { .. } => None,
+            Self::Mysql { .. } => Some(DbProcs(&["mariadbd", "mysqld"])),
+            Self::Postgres { .. } => Some(DbProcs(&["postgres"])),
         }
     }
 
@@ -42,7 +59,7 @@ impl Store {
                 "sqlite://{}",
                 dir.join(format!("braid-{run_id}.db")).display()
             ),
-            Self::Mysql { server } => {
+            Self::Mysql { server } | Self::Postgres { server } => {
                 format!("{}/braid_bench_{run_id}", server.trim_end_matches('/'))
             }
         }
@@ -60,6 +77,16 @@ impl Store {
                 if let Err(e) = crate::raw::mysql_exec(
                     server,
                     &format!("DROP DATABASE IF EXISTS `braid_bench_{run_id}`"),
+                )
+                .await
+                {
+                    eprintln!("dropping braid_bench_{run_id}: {e:#}");
+                }
+            }
+            Self::Postgres { server } => {
+                if let Err(e) = crate::raw::postgres_exec(
+                    server,
+                    &format!("DROP DATABASE IF EXISTS braid_bench_{run_id} WITH (FORCE)"),
                 )
                 .await
                 {
@@ -249,18 +276,35 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
-/// The pid of a local MariaDB/MySQL server, if one runs on this machine (for its CPU share).
-pub fn find_db_pid() -> Option<u32> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            && matches!(comm.trim(), "mariadbd" | "mysqld")
-        {
-            return Some(pid);
+/// The processes of a local database server, by command name: all of them, since PostgreSQL serves each
+/// connection from a process of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct DbProcs(&'static [&'static str]);
+
+impl DbProcs {
+    /// The summed CPU time and memory of the server's processes now; `None` when none runs here.
+    pub fn sample(&self) -> Option<ProcSample> {
+        let entries = std::fs::read_dir("/proc").ok()?;
+        let mut total: Option<ProcSample> = None;
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+                continue;
+            };
+            if !self.0.contains(&comm.trim()) {
+                continue;
+            }
+            if let Some(s) = proc_sample(pid) {
+                let t = total.get_or_insert(ProcSample {
+                    cpu_seconds: 0.0,
+                    rss_kib: 0,
+                });
+                t.cpu_seconds += s.cpu_seconds;
+                t.rss_kib += s.rss_kib;
+            }
         }
+        total
     }
-    None
 }
