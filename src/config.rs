@@ -287,6 +287,10 @@ settings! {
         /// The token of the `client` role (running transactions).
         auth_token_client => token_client: Option<String> = None, env "BRAID_AUTH_TOKEN_CLIENT",
             from String => some;
+        /// A YAML list of `{name, role: client|admin, sha256}` tokens (only digests are stored), re-read
+        /// when it changes.
+        auth_tokens_file => tokens_file: Option<PathBuf> = None, env "BRAID_AUTH_TOKENS_FILE",
+            from PathBuf => some;
         /// What a request without a token gets: `none`, `client` or `admin` (default: `admin` when no
         /// token is configured, else `client`).
         auth_anonymous_role => anonymous_role: Option<AnonymousRole> = None,
@@ -364,8 +368,18 @@ pub enum AnonymousRole {
 }
 
 impl Config {
-    /// The APIs' tokens and roles.
-    pub fn auth(&self) -> crate::api::auth::Auth {
+    /// The APIs' tokens and roles, with the tokens file loaded (an unreadable or invalid file is an error
+    /// naming it).
+    pub fn auth(&self) -> Result<crate::api::auth::Auth, ConfigError> {
+        let auth = self.auth_without_file();
+        if let Some(path) = &self.auth.tokens_file {
+            auth.load_tokens_file(path)
+                .map_err(|e| ConfigError(format!("auth-tokens-file: {e}")))?;
+        }
+        Ok(auth)
+    }
+
+    fn auth_without_file(&self) -> crate::api::auth::Auth {
         use crate::api::auth::Role;
         let anonymous = self.auth.anonymous_role.map(|r| match r {
             AnonymousRole::None => None,
@@ -1119,6 +1133,13 @@ mod tests {
         ),
         ("metrics-token", "BRAID_METRICS_TOKEN", "m1", "m2", "m2"),
         (
+            "auth-tokens-file",
+            "BRAID_AUTH_TOKENS_FILE",
+            "/run/t1",
+            "/run/t2",
+            "/run/t2",
+        ),
+        (
             "branch-allow",
             "BRAID_BRANCH_ALLOW",
             "a.internal",
@@ -1261,6 +1282,13 @@ mod tests {
                 c.auth.anonymous_role.map(name).unwrap_or_default(),
             ),
             ("metrics-token", opt(&c.auth.metrics_token)),
+            (
+                "auth-tokens-file",
+                c.auth
+                    .tokens_file
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+            ),
             ("branch-allow", opt(&c.branches.allow)),
             ("kubernetes", name(c.kube.mode)),
             ("kube-namespace", opt(&c.kube.namespace)),

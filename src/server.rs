@@ -123,6 +123,9 @@ pub struct Server {
     grace: Duration,
 }
 
+/// How often the tokens file is checked for changes.
+const TOKENS_FILE_POLL: Duration = Duration::from_secs(2);
+
 /// Opens the store, retrying every 3 s while it is unreachable (as DTM waits for its store), until `cancel`.
 pub async fn open_store(dsn: &str, cancel: &CancellationToken) -> anyhow::Result<DynStore> {
     loop {
@@ -250,8 +253,16 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
-        let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone())
-            .with_auth(config.auth());
+        let auth = config.auth()?;
+        if let Some(path) = &config.auth.tokens_file {
+            tokio::spawn(auth.clone().watch_tokens_file(
+                path.clone(),
+                TOKENS_FILE_POLL,
+                cancel.clone(),
+            ));
+        }
+        let mut state =
+            AppState::new(engine.clone(), metrics.clone(), cluster.clone()).with_auth(auth);
         if let Some(k) = &kube {
             state = state.with_ready_gate(
                 "the first sync of TransactionPolicies and EndpointSlices",

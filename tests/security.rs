@@ -566,3 +566,125 @@ fn the_store_password_never_appears_in_the_log() {
         }
     }
 }
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tokens_yaml(entries: &[(&str, &str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(name, role, token)| {
+            format!(
+                "- name: {name}\n  role: {role}\n  sha256: {}\n",
+                sha256_hex(token)
+            )
+        })
+        .collect()
+}
+
+/// `GET /api/dtmsvr/all` (an admin route) with `token`: the status.
+async fn all_with(http: &reqwest::Client, base: &str, token: Option<&str>) -> u16 {
+    let mut req = http.get(format!("{base}/api/dtmsvr/all"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// Tokens from `--auth-tokens-file` work by role, a changed file is picked up without a restart, and a
+/// broken edit keeps the tokens in force instead of opening or closing the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_file_is_reloaded_when_it_changes() {
+    let dir = std::env::temp_dir().join(format!("braid-tokens-{}", braid::model::short_uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens.yaml");
+    std::fs::write(
+        &file,
+        tokens_yaml(&[("ops", "admin", "ops-1"), ("ci", "client", "ci-1")]),
+    )
+    .unwrap();
+    let mut config = support::test_config(&support::fresh_dsn(Backend::Sqlite));
+    config.auth.tokens_file = Some(file.clone());
+    let ts = TestServer::start_with(config).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", ts.server.http_addr);
+
+    assert_eq!(all_with(&http, &base, Some("ops-1")).await, 200);
+    assert_eq!(all_with(&http, &base, Some("ci-1")).await, 403);
+    assert_eq!(
+        all_with(&http, &base, None).await,
+        401,
+        "anonymous is client"
+    );
+    let new_gid = http
+        .get(format!("{base}/api/dtmsvr/newGid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        new_gid.status(),
+        200,
+        "DTM SDKs without a token still run transactions"
+    );
+
+    // Rotation: ops-1 is replaced by ops-2.
+    std::fs::write(&file, tokens_yaml(&[("ops", "admin", "ops-2")])).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while all_with(&http, &base, Some("ops-2")).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token never worked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(all_with(&http, &base, Some("ops-1")).await, 401);
+    assert_eq!(all_with(&http, &base, Some("ci-1")).await, 401);
+
+    // A broken edit: the tokens in force stay.
+    std::fs::write(&file, "- name: ops\n  role: superuser\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(all_with(&http, &base, Some("ops-2")).await, 200);
+    assert_eq!(all_with(&http, &base, None).await, 401);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A tokens file that is missing or invalid at start stops the start with an error naming it.
+#[test]
+fn a_bad_tokens_file_at_start_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("braid-tokens-{}", braid::model::short_uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "- name: ops\n  role: admin\n  sha256: nothex\n").unwrap();
+    for (file, want) in [
+        (bad.clone(), "sha256 must be 64 hex digits"),
+        (dir.join("missing.yaml"), "cannot read it"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
+            .args(["--store", "sqlite://:memory:"])
+            .arg("--auth-tokens-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(want),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

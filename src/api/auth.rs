@@ -5,10 +5,15 @@
 //! when no token is configured (a laptop), `client` by default once tokens exist (DTM SDKs send none and
 //! keep running transactions), or what `--auth-anonymous-role` says (`none` closes everything).
 //!
-//! Only SHA-256 digests of the tokens are kept, compared in constant time. Failures are counted in
+//! Tokens come from `BRAID_AUTH_TOKEN_ADMIN` / `BRAID_AUTH_TOKEN_CLIENT` and from `--auth-tokens-file`, a YAML
+//! list of `{name, role, sha256}` that is re-read when it changes (a file that fails to parse keeps the
+//! tokens in force, so a bad edit neither opens nor closes the API). Only SHA-256 digests of the tokens are
+//! kept, compared in constant time. Failures are counted in
 //! `braid_auth_failures_total{reason}` and logged without the token. `/api/ping` and `/api/ready` are always
 //! open; `/api/metrics` is open unless `--metrics-token` is set. The admin page's static files are open
 //! (they hold no data); every route the page calls needs `admin`.
+
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -72,11 +77,110 @@ impl Denied {
     }
 }
 
-/// The configured tokens. The default has none: every request is admin (today's behaviour).
+/// One configured token: its digest, its role, and a name for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// A name for logs (the env tokens are `env-admin` and `env-client`).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+/// A tokens file entry as written: `{name, role, sha256}` with the digest in hex.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    name: String,
+    role: FileRole,
+    sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FileRole {
+    Client,
+    Admin,
+}
+
+/// Why a tokens file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// It could not be read.
+    #[error("tokens file {path}: cannot read it: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not a YAML list of `{name, role, sha256}` with valid values.
+    #[error("tokens file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, without any digest.
+        reason: String,
+    },
+}
+
+/// Parses a tokens file: a YAML list of `{name, role: client|admin, sha256: <64 hex digits>}`.
+pub fn parse_tokens_file(path: &str, text: &str) -> Result<Vec<TokenEntry>, TokensFileError> {
+    let invalid = |reason: String| TokensFileError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<FileEntry> = serde_saphyr::from_str(text)
+        .map_err(|e| invalid(format!("not a YAML list of {{name, role, sha256}}: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let name = e.name.trim().to_owned();
+        if name.is_empty() {
+            return Err(invalid(format!("entry {i} has an empty name")));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(invalid(format!("the name '{name}' appears twice")));
+        }
+        let hex = e.sha256.trim();
+        let mut sha256 = [0u8; 32];
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(format!(
+                "entry '{name}': sha256 must be 64 hex digits (the SHA-256 of the token, e.g. \
+                 `printf %s TOKEN | sha256sum`)"
+            )));
+        }
+        for (j, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)
+                .map_err(|_| invalid(format!("entry '{name}': sha256 is not hex")))?;
+        }
+        out.push(TokenEntry {
+            name,
+            role: match e.role {
+                FileRole::Client => Role::Client,
+                FileRole::Admin => Role::Admin,
+            },
+            sha256,
+        });
+    }
+    Ok(out)
+}
+
+/// The configured tokens. The default has none: every request is admin (today's behaviour). Clones share
+/// the token set, so a reloaded tokens file reaches every API at once.
 #[derive(Clone)]
 pub struct Auth {
-    tokens: Vec<([u8; 32], Role)>,
-    anonymous: Option<Role>,
+    /// The env tokens, fixed.
+    fixed: Vec<TokenEntry>,
+    /// The tokens file's entries, replaced on reload.
+    file: Arc<RwLock<Vec<TokenEntry>>>,
+    /// `--auth-anonymous-role`, if given.
+    anonymous: Option<Option<Role>>,
     metrics: Option<[u8; 32]>,
 }
 
@@ -99,19 +203,91 @@ impl Auth {
         anonymous: Option<Option<Role>>,
         metrics: Option<&str>,
     ) -> Self {
-        let tokens: Vec<([u8; 32], Role)> = [(admin, Role::Admin), (client, Role::Client)]
-            .into_iter()
-            .filter_map(|(t, role)| t.filter(|t| !t.is_empty()).map(|t| (digest(t), role)))
-            .collect();
-        let anonymous = anonymous.unwrap_or(if tokens.is_empty() {
-            Some(Role::Admin)
-        } else {
-            Some(Role::Client)
-        });
+        let fixed = [
+            (admin, Role::Admin, "env-admin"),
+            (client, Role::Client, "env-client"),
+        ]
+        .into_iter()
+        .filter_map(|(t, role, name)| {
+            t.filter(|t| !t.is_empty()).map(|t| TokenEntry {
+                name: name.to_owned(),
+                role,
+                sha256: digest(t),
+            })
+        })
+        .collect();
         Self {
-            tokens,
+            fixed,
+            file: Arc::default(),
             anonymous,
             metrics: metrics.filter(|t| !t.is_empty()).map(digest),
+        }
+    }
+
+    /// Adds the entries of a tokens file (replacing earlier ones of a file).
+    pub fn set_file_tokens(&self, entries: Vec<TokenEntry>) {
+        *self
+            .file
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = entries;
+    }
+
+    /// Loads the tokens file at `path` now; an error names the file.
+    pub fn load_tokens_file(&self, path: &std::path::Path) -> Result<usize, TokensFileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let entries = parse_tokens_file(&shown, &text)?;
+        let n = entries.len();
+        self.set_file_tokens(entries);
+        Ok(n)
+    }
+
+    /// Re-reads the tokens file every `every` until `cancel`, applying a changed file. A file that cannot
+    /// be read or parsed keeps the tokens in force and logs why (a half-written file or a bad edit must not
+    /// open or close the API).
+    pub async fn watch_tokens_file(
+        self,
+        path: std::path::PathBuf,
+        every: std::time::Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut last = std::fs::read(&path).ok();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let now = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "tokens file unreadable; keeping the tokens in force");
+                    continue;
+                }
+            };
+            if last.as_ref() == Some(&now) {
+                continue;
+            }
+            let shown = path.display().to_string();
+            match std::str::from_utf8(&now)
+                .map_err(|e| TokensFileError::Invalid {
+                    path: shown.clone(),
+                    reason: format!("not UTF-8: {e}"),
+                })
+                .and_then(|text| parse_tokens_file(&shown, text))
+            {
+                Ok(entries) => {
+                    tracing::info!(file = %shown, tokens = entries.len(), "tokens file reloaded");
+                    self.set_file_tokens(entries);
+                    last = Some(now);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tokens file refused; keeping the tokens in force");
+                    last = Some(now);
+                }
+            }
         }
     }
 
@@ -135,11 +311,21 @@ impl Auth {
             Need::Client => Role::Client,
             Need::Admin => Role::Admin,
         };
+        let file = self
+            .file
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let configured = !self.fixed.is_empty() || !file.is_empty();
         // Without configured tokens a presented one means nothing (a proxy or an SDK may send its own
         // Authorization header): the request is anonymous, as before tokens existed.
-        let token = token.filter(|_| !self.tokens.is_empty());
+        let token = token.filter(|_| configured);
+        let anonymous = self.anonymous.unwrap_or(if configured {
+            Some(Role::Client)
+        } else {
+            Some(Role::Admin)
+        });
         let role = match token {
-            None => match self.anonymous {
+            None => match anonymous {
                 Some(role) => role,
                 None => return Err(Denied::Missing),
             },
@@ -147,14 +333,15 @@ impl Auth {
                 let d = digest(token);
                 // Every configured token is compared, so the time does not tell which one matched.
                 let mut found = None;
-                for (expected, role) in &self.tokens {
-                    if bool::from(d.ct_eq(expected)) {
-                        found = Some(*role);
+                for entry in self.fixed.iter().chain(file.iter()) {
+                    if bool::from(d.ct_eq(&entry.sha256)) {
+                        found = Some(entry.role);
                     }
                 }
                 found.ok_or(Denied::Invalid)?
             }
         };
+        drop(file);
         if role >= needed {
             Ok(())
         } else if token.is_none() {
@@ -256,6 +443,73 @@ mod tests {
         assert_eq!(closed.check(None, Need::Client), Err(Denied::Missing));
         assert_eq!(closed.check(None, Need::Open), Ok(()));
         assert_eq!(bearer(Some("Bearer  abc ")), Some("abc"));
+        // Tokens from a file count as configured tokens: anonymous drops to client.
+        let filed = Auth::new(None, None, None, None);
+        assert_eq!(filed.check(None, Need::Admin), Ok(()));
+        filed.set_file_tokens(vec![TokenEntry {
+            name: "ops".into(),
+            role: Role::Admin,
+            sha256: digest("ops-token"),
+        }]);
+        assert_eq!(filed.check(None, Need::Admin), Err(Denied::Missing));
+        assert_eq!(filed.clone().check(Some("ops-token"), Need::Admin), Ok(()));
         assert_eq!(bearer(Some("Basic abc")), None);
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn hex(token: &str) -> String {
+        digest(token).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_tokens_file_lists_names_roles_and_digests() {
+        let text = format!(
+            "- name: ci\n  role: client\n  sha256: {}\n- name: ops\n  role: admin\n  sha256: {}\n",
+            hex("c"),
+            hex("a").to_uppercase()
+        );
+        let entries = parse_tokens_file("t.yaml", &text).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            (entries[0].name.as_str(), entries[0].role),
+            ("ci", Role::Client)
+        );
+        assert_eq!(entries[1].sha256, digest("a"));
+        assert!(parse_tokens_file("t.yaml", "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_tokens_files_name_the_file_and_the_entry() {
+        let cases = [
+            ("- name: x\n  role: root\n  sha256: 00\n", "not a YAML list"),
+            (
+                "- name: x\n  role: admin\n  sha256: 1234\n",
+                "entry 'x': sha256 must be 64 hex",
+            ),
+            ("- name: ''\n  role: admin\n  sha256: 1234\n", "empty name"),
+            (
+                "- name: x\n  role: admin\n  sha256: 1234\n  token: plain\n",
+                "not a YAML list",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse_tokens_file("/etc/braid/tokens.yaml", text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("/etc/braid/tokens.yaml") && err.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+        let twice = format!(
+            "- name: x\n  role: admin\n  sha256: {0}\n- name: x\n  role: client\n  sha256: {0}\n",
+            hex("t")
+        );
+        let err = parse_tokens_file("f", &twice).unwrap_err().to_string();
+        assert!(err.contains("appears twice"), "{err}");
     }
 }
