@@ -257,6 +257,8 @@ settings! {
     }
     /// Load limits of the APIs and listeners.
     limits: LimitsConfig {
+        /// Most steps (and payloads) of one saga or msg; more is refused with 400 naming the field.
+        max_steps => max_steps: usize = crate::model::limits::MAX_STEPS, env "BRAID_MAX_STEPS";
         /// Most request body bytes held by requests in progress (HTTP, JSON-RPC and gRPC together);
         /// beyond it requests get 503 with Retry-After. A number of bytes, or with a unit: `64Mi`, `1Gi`.
         max_inflight_bytes => max_inflight_bytes: u64 = DEFAULT_MAX_INFLIGHT_BYTES,
@@ -301,6 +303,11 @@ settings! {
     }
     /// What braid may call.
     branches: BranchesConfig {
+        /// More branch header names whose values are shown as `***` (comma-separated; `*` matches any run
+        /// of characters: `x-api-*`), besides `Authorization`, `Cookie` and names containing token,
+        /// secret, key, password or session.
+        sensitive_headers => sensitive_headers: Option<String> = None, env "BRAID_SENSITIVE_HEADERS",
+            from String => some;
         /// Hosts branch, callback and subscriber URLs may name, comma-separated: `payments.internal`,
         /// `*.svc.cluster.local`, `10.0.0.0/8`, `host:port` (default: any host but link-local addresses).
         branch_allow => allow: Option<String> = None, env "BRAID_BRANCH_ALLOW", from String => some;
@@ -640,6 +647,13 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let limits = &self.limits;
+        let ceiling = crate::model::limits::MAX_STEPS_CEILING;
+        if !(1..=ceiling).contains(&limits.max_steps) {
+            return Err(ConfigError(format!(
+                "max-steps must be between 1 and {ceiling}, got {}",
+                limits.max_steps
+            )));
+        }
         let body = crate::api::MAX_BODY_BYTES as u64;
         if limits.max_inflight_bytes < body {
             return Err(ConfigError(format!(
@@ -1146,6 +1160,14 @@ mod tests {
             "b.internal",
             "b.internal",
         ),
+        ("max-steps", "BRAID_MAX_STEPS", "10", "20", "20"),
+        (
+            "sensitive-headers",
+            "BRAID_SENSITIVE_HEADERS",
+            "x-a",
+            "x-b",
+            "x-b",
+        ),
         ("kubernetes", "BRAID_KUBERNETES", "off", "on", "on"),
         (
             "kube-namespace",
@@ -1290,6 +1312,8 @@ mod tests {
                     .map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
             ),
             ("branch-allow", opt(&c.branches.allow)),
+            ("max-steps", c.limits.max_steps.to_string()),
+            ("sensitive-headers", opt(&c.branches.sensitive_headers)),
             ("kubernetes", name(c.kube.mode)),
             ("kube-namespace", opt(&c.kube.namespace)),
             ("writer-pipeline", opt(&c.writer.pipeline)),

@@ -24,8 +24,26 @@ pub mod limits {
     pub const MAX_SUBSCRIBERS: usize = 1000;
     /// Longest subscriber remark.
     pub const MAX_REMARK: usize = 1024;
-    /// Most steps (and payloads) of a saga or msg.
+    /// Most steps (and payloads) of a saga or msg by default (`--max-steps`).
     pub const MAX_STEPS: usize = 1000;
+    /// The highest `--max-steps` accepted.
+    pub const MAX_STEPS_CEILING: usize = 100_000;
+
+    static MAX_STEPS_IN_FORCE: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(MAX_STEPS);
+
+    /// Most steps (and payloads) of a saga or msg: `--max-steps`, process-wide (one server per process).
+    pub fn max_steps() -> usize {
+        MAX_STEPS_IN_FORCE.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`max_steps`] at server start, clamped to 1..=[`MAX_STEPS_CEILING`].
+    pub fn set_max_steps(n: usize) {
+        MAX_STEPS_IN_FORCE.store(
+            n.clamp(1, MAX_STEPS_CEILING),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     /// Most branch headers.
     pub const MAX_HEADERS: usize = 64;
     /// Longest branch header name.

@@ -253,6 +253,16 @@ impl Server {
         let http_addr = listener
             .local_addr()
             .context("reading the HTTP listen address")?;
+        crate::model::limits::set_max_steps(config.limits.max_steps);
+        let sensitive: Vec<String> = config
+            .branches
+            .sensitive_headers
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        crate::api::render::set_sensitive_headers(&sensitive);
         let auth = config.auth()?;
         if let Some(path) = &config.auth.tokens_file {
             tokio::spawn(auth.clone().watch_tokens_file(

@@ -661,7 +661,7 @@ fn a_bad_tokens_file_at_start_is_a_clear_error() {
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "- name: ops\n  role: admin\n  sha256: nothex\n").unwrap();
     for (file, want) in [
-        (bad.clone(), "sha256 must be 64 hex digits"),
+        (bad, "sha256 must be 64 hex digits"),
         (dir.join("missing.yaml"), "cannot read it"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
@@ -687,4 +687,75 @@ fn a_bad_tokens_file_at_start_is_a_clear_error() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--max-steps` bounds the steps of a saga (400 naming the field), and `--sensitive-headers` adds names
+/// whose values `query` masks (branches still get them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_steps_and_extra_sensitive_headers_are_configurable() {
+    let dsn = support::fresh_dsn(Backend::Sqlite);
+    let braid = support::process::BraidProcess::spawn(
+        &dsn,
+        "limits",
+        &[
+            "--max-steps",
+            "2",
+            "--sensitive-headers",
+            "x-sig*, X-Tenant-Pin",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let saga = |g: &str, n: usize| {
+        let steps: Vec<_> = (0..n)
+            .map(
+                |_| json!({"action": "http://127.0.0.1:1/a", "compensate": "http://127.0.0.1:1/c"}),
+            )
+            .collect();
+        json!({
+            "gid": g, "trans_type": "saga", "steps": steps, "payloads": vec![""; n],
+            "branch_headers": {"X-Signature": "sig-value", "x-tenant-pin": "1234", "X-Team": "pay"},
+        })
+    };
+    let too_many = http
+        .post(format!("{}/prepare", braid.url()))
+        .header("content-type", "application/json")
+        .body(saga(&gid("steps"), 3).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+    let body = too_many.text().await.unwrap();
+    assert!(
+        body.contains("steps") && body.contains("max-steps"),
+        "{body}"
+    );
+
+    let g = gid("steps");
+    let ok = http
+        .post(format!("{}/prepare", braid.url()))
+        .header("content-type", "application/json")
+        .body(saga(&g, 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "{}", ok.text().await.unwrap());
+    let shown = http
+        .get(format!("{}/query?gid={g}", braid.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !shown.contains("sig-value") && !shown.contains("1234"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"pay\""),
+        "other headers stay visible: {shown}"
+    );
+    drop(braid);
+    support::drop_database(&dsn).await;
 }

@@ -452,7 +452,7 @@ mod tests {
             sha256: digest("ops-token"),
         }]);
         assert_eq!(filed.check(None, Need::Admin), Err(Denied::Missing));
-        assert_eq!(filed.clone().check(Some("ops-token"), Need::Admin), Ok(()));
+        assert_eq!(filed.check(Some("ops-token"), Need::Admin), Ok(()));
         assert_eq!(bearer(Some("Basic abc")), None);
     }
 }

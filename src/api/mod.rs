@@ -9,7 +9,7 @@ mod dtmsvr;
 pub mod grpc;
 mod jsonrpc;
 pub mod limit;
-mod render;
+pub mod render;
 mod request;
 
 use std::sync::Arc;

@@ -24,17 +24,63 @@ fn put_num(m: &mut Map<String, Value>, k: &str, v: i64) {
     }
 }
 
+/// Header-name patterns of `--sensitive-headers`, lowercased; process-wide (one server per process).
+static EXTRA_SENSITIVE: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Sets the extra sensitive header-name patterns (`--sensitive-headers`): names, or patterns with `*`
+/// for any run of characters (`x-api-*`, `*-signature`). They add to the built-in ones, never replace
+/// them.
+pub fn set_sensitive_headers(patterns: &[String]) {
+    let patterns = patterns
+        .iter()
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
+    *EXTRA_SENSITIVE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = patterns;
+}
+
+/// Whether `name` (lowercase) matches `pattern` (lowercase, `*` for any run of characters).
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// Whether a branch header carries a secret by its name: `Authorization`, `Proxy-Authorization`, `Cookie`,
-/// or a name containing `token`, `secret`, `key`, `password` or `session` (any case). Such values are shown
-/// as `***` wherever braid renders a transaction; branches still receive them unchanged.
+/// a name containing `token`, `secret`, `key`, `password` or `session` (any case), or one matching
+/// `--sensitive-headers`. Such values are shown as `***` wherever braid renders a transaction; branches
+/// still receive them unchanged.
 pub(crate) fn is_sensitive_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    matches!(
+    if matches!(
         n.as_str(),
         "authorization" | "proxy-authorization" | "cookie"
     ) || ["token", "secret", "key", "password", "session"]
         .iter()
         .any(|w| n.contains(w))
+    {
+        return true;
+    }
+    EXTRA_SENSITIVE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|p| glob_match(p, &n))
 }
 
 /// The options as rendered: sensitive branch header values masked.
@@ -128,6 +174,24 @@ pub(crate) fn kv(r: &KvRecord) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_patterns_match_with_stars() {
+        let cases = [
+            ("x-api-*", "x-api-sig", true),
+            ("x-api-*", "x-apix", false),
+            ("*-signature", "hmac-signature", true),
+            ("*-signature", "signature", false),
+            ("x-*-id", "x-tenant-id", true),
+            ("x-*-id", "x-id", false),
+            ("x-sig", "x-sig", true),
+            ("x-sig", "x-sig2", false),
+            ("*", "anything", true),
+        ];
+        for (pattern, name, want) in cases {
+            assert_eq!(glob_match(pattern, name), want, "{pattern} ~ {name}");
+        }
+    }
 
     #[test]
     fn sensitive_header_values_are_masked_everywhere_they_are_shown() {

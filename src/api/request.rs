@@ -271,16 +271,17 @@ impl TransInput {
             limits::MAX_RETRY_INTERVAL_SECS,
         )?;
         let retry_limit = bounded("retry_limit", self.retry_limit, limits::MAX_RETRY_LIMIT)?;
-        if self.steps.len() > limits::MAX_STEPS {
+        let max_steps = limits::max_steps();
+        if self.steps.len() > max_steps {
             return Err(Invalid::new(
                 "steps",
-                format!("has more than {} entries", limits::MAX_STEPS),
+                format!("has more than {max_steps} entries (max-steps)"),
             ));
         }
-        if self.payloads.len() > limits::MAX_STEPS {
+        if self.payloads.len() > max_steps {
             return Err(Invalid::new(
                 "payloads",
-                format!("has more than {} entries", limits::MAX_STEPS),
+                format!("has more than {max_steps} entries (max-steps)"),
             ));
         }
         if trans_type == TransType::Workflow
