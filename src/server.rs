@@ -198,7 +198,12 @@ impl Server {
             }
             None => None,
         };
-        let mut invoker = Invoker::new(metrics.clone()).map_err(anyhow::Error::msg)?;
+        let engine_options = config.engine_options();
+        let mut invoker = Invoker::new(
+            metrics.clone(),
+            Arc::new(engine_options.branch_allow.clone()),
+        )
+        .map_err(anyhow::Error::msg)?;
         if let Some(k) = &kube {
             invoker = invoker.with_discovery(k.discovery());
         }
@@ -207,7 +212,7 @@ impl Server {
             writer_handle,
             Arc::new(invoker),
             clock.clone(),
-            config.engine_options(),
+            engine_options,
             metrics.clone(),
         );
         if let Some(k) = &kube {

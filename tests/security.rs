@@ -759,3 +759,63 @@ async fn max_steps_and_extra_sensitive_headers_are_configurable() {
     drop(braid);
     support::drop_database(&dsn).await;
 }
+
+/// Submits a one-step saga (no compensation) to `target` on `ts` and waits for its final status.
+async fn one_step_saga(ts: &TestServer, target: &str) -> (String, String) {
+    let g = gid("resolve");
+    let body = json!({"gid": g, "trans_type": "saga",
+        "steps": [{"action": target, "compensate": ""}], "payloads": ["{}"]});
+    let (status, reply) = ts.post("submit", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let s = ts.status(&g).await;
+        if s == "succeed" || s == "failed" {
+            return (g, s);
+        }
+        assert!(std::time::Instant::now() < deadline, "{g} stuck at {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A name inside `--branch-allow` is checked again when it resolves: with networks listed, a name that
+/// resolves outside them is never called (the branch fails without a request, and is not retried); with
+/// names only, the same call goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_outside_the_allowlist_is_not_called() {
+    let busi = support::Busi::start().await;
+    let port = busi
+        .url()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let by_name = format!("http://localhost:{port}/api/busi/TransOut");
+
+    let mut config = support::test_config(&support::fresh_dsn(Backend::Sqlite));
+    config.branches.allow = Some("localhost,10.0.0.0/8".to_owned());
+    let ts = TestServer::start_with(config).await;
+    let (g, status) = one_step_saga(&ts, &by_name).await;
+    assert_eq!(status, "failed");
+    assert!(
+        busi.routes_of(&g).is_empty(),
+        "no request reached the branch"
+    );
+    let shown = ts.query(&g).await.to_string();
+    assert!(
+        shown.contains("--branch-allow"),
+        "the reason is kept: {shown}"
+    );
+    ts.stop().await;
+
+    let mut config = support::test_config(&support::fresh_dsn(Backend::Sqlite));
+    config.branches.allow = Some("localhost".to_owned());
+    let ts = TestServer::start_with(config).await;
+    let (g, status) = one_step_saga(&ts, &by_name).await;
+    assert_eq!(status, "succeed");
+    assert_eq!(busi.routes_of(&g), vec!["TransOut".to_owned()]);
+    ts.stop().await;
+}

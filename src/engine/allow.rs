@@ -5,10 +5,14 @@
 //! allowed except link-local addresses (169.254.0.0/16, fe80::/10: where cloud metadata services answer),
 //! unless a pattern names them.
 //!
-//! The check reads the URL's host as written; a name is not resolved here, so a name inside the allowlist
-//! that resolves outside it is not caught (the README says so).
+//! The check at creation reads the URL's host as written. At call time [`CheckedResolver`] resolves the
+//! names the HTTP client calls and checks every address (so a name that passed at creation cannot be made
+//! to point elsewhere later, DNS rebinding included): a link-local address is refused unless a CIDR names
+//! it, and when the allowlist lists networks, a name must resolve into one of them. A call whose name
+//! resolves only to refused addresses fails as a business failure (never retried), logged.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use super::{Error, Result};
 use crate::model::TOPIC_SCHEME;
@@ -119,6 +123,20 @@ impl BranchAllow {
         false
     }
 
+    /// Whether a call to `host` may go to `ip`, one of the addresses the name resolves to (see the module
+    /// docs).
+    pub fn allows_address(&self, ip: IpAddr) -> bool {
+        let mut networks = self.0.iter().filter_map(|p| match p {
+            Pattern::Cidr(net, bits) => Some((*net, *bits)),
+            _ => None,
+        });
+        let listed = networks.clone().next().is_some();
+        if networks.any(|(net, bits)| in_network(ip, net, bits)) {
+            return true;
+        }
+        !link_local(ip) && !listed
+    }
+
     /// Checks each `(field, url)`: empty URLs and `topic://` steps pass.
     pub(crate) fn check<'a>(
         &self,
@@ -142,6 +160,69 @@ impl BranchAllow {
         }
         Ok(())
     }
+}
+
+/// A branch host name that resolved only to addresses the allowlist refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("'{host}' resolves to {addrs:?}, which --branch-allow does not allow")]
+pub struct AddressRefused {
+    /// The name.
+    pub host: String,
+    /// What it resolved to.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// The HTTP client's resolver for branch calls: the system resolver, then [`BranchAllow::allows_address`]
+/// on every address. Refused addresses are dropped; a name left with none fails with [`AddressRefused`].
+#[derive(Debug, Clone)]
+pub struct CheckedResolver {
+    allow: Arc<BranchAllow>,
+}
+
+impl CheckedResolver {
+    /// A resolver checking against `allow`.
+    pub fn new(allow: Arc<BranchAllow>) -> Self {
+        Self { allow }
+    }
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found
+                .into_iter()
+                .partition(|a| allow.allows_address(a.ip()));
+            if allowed.is_empty() && !refused.is_empty() {
+                tracing::warn!(
+                    host = %host,
+                    addrs = ?refused.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+                    "branch call refused: the name resolves outside --branch-allow"
+                );
+                return Err(Box::new(AddressRefused {
+                    host,
+                    addrs: refused.iter().map(SocketAddr::ip).collect(),
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The [`AddressRefused`] in an error's source chain, if any.
+pub fn address_refused<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a AddressRefused> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(refused) = err.downcast_ref::<AddressRefused>() {
+            return Some(refused);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -173,6 +254,17 @@ mod tests {
         assert!(!ok(&allow, "http://svc.cluster.local.evil/x"));
         assert!(ok(&allow, "topic://orders"));
         assert!(BranchAllow::parse("10.0.0.0/40").is_err());
+        // Resolved addresses: networks listed, so a name must land in one; link-local never unless named.
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(allow.allows_address(ip("10.9.9.9")));
+        assert!(!allow.allows_address(ip("192.168.1.5")));
+        assert!(allow.allows_address(ip("169.254.1.1")));
+        assert!(!allow.allows_address(ip("169.254.169.254")));
+        let names_only = BranchAllow::parse("*.svc.cluster.local").unwrap();
+        assert!(names_only.allows_address(ip("192.168.1.5")));
+        assert!(!names_only.allows_address(ip("169.254.169.254")));
+        assert!(none.allows_address(ip("8.8.8.8")));
+        assert!(!none.allows_address(ip("fe80::1")));
         assert!(BranchAllow::parse("h:port").is_err());
     }
 }

@@ -14,7 +14,7 @@
 //! - `forceStop` and shutdown cancel the passes in flight on this replica.
 
 mod access;
-mod allow;
+pub mod allow;
 mod driver;
 mod kind;
 mod msg;

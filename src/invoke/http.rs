@@ -1,10 +1,12 @@
 //! HTTP and JSON-RPC branch calls (spec §6.2, §6.3) on one pooled client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
 
 use super::{BranchCall, CallOutcome, classify_http};
+use crate::engine::allow::{BranchAllow, CheckedResolver, address_refused};
 use crate::model::{TransType, short_uuid};
 
 /// How much of an answer body is kept (for rollback reasons and logs).
@@ -13,21 +15,33 @@ const MAX_BODY: usize = 4096;
 /// HTTP transport with a shared connection pool.
 #[derive(Clone)]
 pub struct HttpInvoker {
+    /// Branch calls: names resolved through the allowlist's [`CheckedResolver`].
     client: reqwest::Client,
+    /// Calls to addresses the operator configured (the alert webhook).
+    operator: reqwest::Client,
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("braid/", env!("CARGO_PKG_VERSION")))
 }
 
 impl HttpInvoker {
-    /// A client with keep-alive pooling and no automatic redirects (a branch must answer itself).
-    pub fn new() -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("braid/", env!("CARGO_PKG_VERSION")))
+    /// Clients with keep-alive pooling and no automatic redirects (a branch must answer itself); branch
+    /// host names resolve through `allow` (see [`CheckedResolver`]).
+    pub fn new(allow: Arc<BranchAllow>) -> Result<Self, String> {
+        let client = client_builder()
+            .dns_resolver(Arc::new(CheckedResolver::new(allow)))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Self { client })
+        let operator = client_builder()
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Self { client, operator })
     }
 
     fn request(&self, method: Method, call: &BranchCall<'_>) -> reqwest::RequestBuilder {
@@ -45,7 +59,7 @@ impl HttpInvoker {
     /// POSTs a JSON document with a 5-second timeout.
     pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
         let resp = self
-            .client
+            .operator
             .post(url)
             .timeout(Duration::from_secs(5))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -82,7 +96,7 @@ impl HttpInvoker {
                 let body = read_body(resp).await;
                 classify_http(status, &body)
             }
-            Err(e) => CallOutcome::Error(describe(&e, call.url)),
+            Err(e) => failed(&e, call.url),
         }
     }
 
@@ -126,7 +140,7 @@ impl HttpInvoker {
                     other => other,
                 }
             }
-            Err(e) => CallOutcome::Error(describe(&e, call.url)),
+            Err(e) => failed(&e, call.url),
         }
     }
 }
@@ -153,6 +167,15 @@ async fn read_body(resp: reqwest::Response) -> String {
             String::from_utf8_lossy(cut).into_owned()
         }
         Err(e) => format!("<body unreadable: {e}>"),
+    }
+}
+
+/// A call that got no answer: a name resolving outside the allowlist is a failure (retrying cannot help
+/// and must not be tried), anything else an error to retry.
+fn failed(e: &reqwest::Error, url: &str) -> CallOutcome {
+    match address_refused(e) {
+        Some(refused) => CallOutcome::Failure(format!("calling {url}: {refused}")),
+        None => CallOutcome::Error(describe(e, url)),
     }
 }
 

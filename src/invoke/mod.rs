@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::allow::BranchAllow;
 use crate::metrics::Metrics;
 use crate::model::{Protocol, TransType};
 
@@ -101,10 +102,11 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// A new invoker with pooled connections.
-    pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
+    /// A new invoker with pooled connections; branch host names are checked against `allow` when they
+    /// resolve.
+    pub fn new(metrics: Arc<Metrics>, allow: Arc<BranchAllow>) -> Result<Self, String> {
         Ok(Self {
-            http: http::HttpInvoker::new()?,
+            http: http::HttpInvoker::new(allow)?,
             grpc: grpc::GrpcInvoker::default(),
             metrics,
             discovery: None,
