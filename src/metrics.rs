@@ -269,6 +269,13 @@ impl Metrics {
             )),
             registry: registry.clone(),
         };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_start_time_seconds, ... as every Prometheus client exports them (DTM's dashboards use
+        // them).
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         reg(Box::new(m.server_process.clone()));
         reg(Box::new(m.server_response_duration.clone()));
         reg(Box::new(m.transaction_process.clone()));
@@ -340,6 +347,16 @@ mod tests {
             "braid_cluster_lease_acquisitions_total",
             "braid_cluster_lease_losses_total",
             "braid_cluster_lease_renew_failures_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
