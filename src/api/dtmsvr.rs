@@ -328,7 +328,6 @@ async fn scan_kv(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>> {
-    let cat = required(&q, "cat")?;
     let position: i64 = query_num(&q, "position", 0)?;
     let limit: u32 = query_num(&q, "limit", 100)?;
     if limit == 0 || limit > 1000 {
@@ -336,6 +335,11 @@ async fn scan_kv(
             "query parameter 'limit' must be between 1 and 1000, got {limit}"
         )));
     }
+    // As DTM: no category is the empty one, which holds nothing.
+    let cat = match q.get("cat").map(String::as_str) {
+        None | Some("") => return Ok(Json(json!({"kv": [], "next_position": ""}))),
+        Some(_) => required(&q, "cat")?,
+    };
     let rows = s
         .engine
         .kv_scan(cat, (position > 0).then_some(position), limit)
