@@ -10,6 +10,8 @@
 //! The YAML file uses the flag names as keys (`http-port: 36789`, `store: mysql://...`).
 
 use std::path::PathBuf;
+
+mod dtm;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -171,7 +173,7 @@ settings! {
             from PathBuf => some;
         /// Keep finished transactions this many seconds (0: forever).
         retention => retention: Duration = Duration::from_secs(7 * 24 * 3600), env "BRAID_RETENTION",
-            from i64 => signed_seconds;
+            dtm "STORE_FINISHED_DATA_EXPIRE", from i64 => signed_seconds;
     }
     /// Retries, timeouts and recovery scans.
     retry: RetryConfig {
@@ -528,6 +530,44 @@ fn dtm_store(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, Con
     Ok(Some(format!("{scheme}://{auth}@{host}:{port}/{db}")))
 }
 
+/// A DTM `conf.yml` flattened to DTM's environment names, or `None` for braid's own format.
+fn dtm_file(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, ConfigError> {
+    // A document that is not even generic YAML is left to braid's parser, whose error says more.
+    let Ok(doc) = serde_saphyr::from_str::<serde_json::Value>(text) else {
+        return Ok(None);
+    };
+    if !dtm::is_dtm(&doc) {
+        return Ok(None);
+    }
+    dtm::flatten(&doc)
+        .map(Some)
+        .map_err(|e| ConfigError(format!("DTM config file {}: {}", path.display(), e.0)))
+}
+
+/// What start-up warns about DTM's configuration: every DTM setting, from a DTM `conf.yml` given to
+/// `--config` or from the environment, that braid does not use, with the reason.
+pub fn dtm_warnings(args: &ServeArgs) -> Vec<String> {
+    dtm_warnings_with(args, &|k| std::env::var(k).ok())
+}
+
+fn dtm_warnings_with(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut out = dtm::env_warnings(env);
+    if let Some(path) = &args.config
+        && let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(Some(flat)) = dtm_file(path, &text)
+    {
+        out.extend(
+            dtm::warnings(flat.keys().map(String::as_str))
+                .into_iter()
+                .map(|w| format!("{w} (in {})", path.display())),
+        );
+    }
+    out
+}
+
 impl Config {
     /// The DSN to open the store with: [`StoreConfig::dsn`] with the password of `store-password-file` when
     /// one is set. Never log it: log [`crate::store::redact_dsn`] of it.
@@ -564,8 +604,15 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("reading config file {}: {e}", path.display()))
                 })?;
-                serde_saphyr::from_str::<ServeArgs>(&text)
-                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+                match dtm_file(path, &text)? {
+                    Some(flat) => {
+                        ServeArgs::from_dtm_env(&|k| flat.get(k).cloned()).map_err(|e| {
+                            ConfigError(format!("DTM config file {}: {e}", path.display()))
+                        })?
+                    }
+                    None => serde_saphyr::from_str::<ServeArgs>(&text)
+                        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?,
+                }
             }
             None => ServeArgs::default(),
         };
@@ -860,6 +907,97 @@ mod tests {
             !cfg.kube_options()
                 .enabled(&env(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]))
         );
+    }
+
+    /// A DTM `conf.yml` as DTM's sample and docs write it.
+    const DTM_CONF: &str = r#"
+Store:
+  Driver: 'mysql'
+  Host: 'db.internal'
+  Port: 3307
+  User: 'dtm'
+  Password: 'p@ss/w#rd'
+  Db: 'dtm'
+  MaxOpenConns: 500
+  MaxIdleConns: 500
+  ConnMaxLifeTime: 5
+  FinishedDataExpire: 86400
+MicroService:
+  Driver: 'dtm-driver-gozero'
+  Target: 'etcd://localhost:2379/dtmservice'
+  EndPoint: 'localhost:36790'
+TransCronInterval: 5
+TimeoutToFail: 40
+RetryInterval: 15
+RequestTimeout: 4
+HttpPort: 46789
+GrpcPort: 46790
+JsonRpcPort: 46791
+UpdateBranchSync: 1
+LogLevel: 'warn'
+Log:
+  Outputs: 'stderr'
+AlertRetryLimit: 5
+AlertWebHook: 'http://alerts.internal/hook'
+"#;
+
+    #[test]
+    fn a_dtm_conf_file_is_read_as_dtm_writes_it() {
+        let dir = std::env::temp_dir().join(format!("braid-cfg-{}", crate::model::short_uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("conf.yml");
+        std::fs::write(&file, DTM_CONF).unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(&args, &env(&[])).unwrap();
+        assert_eq!(
+            cfg.store.dsn,
+            "mysql://dtm:p%40ss%2Fw%23rd@db.internal:3307/dtm"
+        );
+        assert_eq!(cfg.server.http_port, 46789);
+        assert_eq!(cfg.server.grpc_port, 46790);
+        assert_eq!(cfg.retry.scan_interval, Duration::from_secs(5));
+        assert_eq!(cfg.retry.timeout_to_fail, Duration::from_secs(40));
+        assert_eq!(cfg.retry.interval, Duration::from_secs(15));
+        assert_eq!(cfg.retry.request_timeout, Duration::from_secs(4));
+        assert_eq!(cfg.store.retention, Duration::from_secs(86400));
+        assert_eq!(cfg.log.level, "warn");
+        assert_eq!(cfg.alert.retry_limit, 5);
+        assert_eq!(
+            cfg.alert.webhook.as_deref(),
+            Some("http://alerts.internal/hook")
+        );
+
+        let warnings =
+            dtm_warnings_with(&args, &env(&[("UPDATE_BRANCH_ASYNC_GOROUTINE_NUM", "4")]));
+        for name in [
+            "STORE_MAX_OPEN_CONNS",
+            "STORE_MAX_IDLE_CONNS",
+            "STORE_CONN_MAX_LIFE_TIME",
+            "MICRO_SERVICE_DRIVER",
+            "MICRO_SERVICE_TARGET",
+            "MICRO_SERVICE_END_POINT",
+            "JSON_RPC_PORT",
+            "UPDATE_BRANCH_SYNC",
+            "LOG_OUTPUTS",
+            "UPDATE_BRANCH_ASYNC_GOROUTINE_NUM",
+        ] {
+            let found: Vec<&String> = warnings.iter().filter(|w| w.contains(name)).collect();
+            assert_eq!(found.len(), 1, "{name}: {warnings:#?}");
+        }
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains("HTTP_PORT") && !w.contains("MICRO")),
+            "honoured settings are not warned about: {warnings:#?}"
+        );
+        // braid's own format is still braid's.
+        std::fs::write(&file, "http-port: 1234\n").unwrap();
+        let cfg = Config::load_with(&args, &env(&[])).unwrap();
+        assert_eq!(cfg.server.http_port, 1234);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -123,6 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::load(&args)?;
     braid::telemetry::init(&config.log.level, config.log.format)?;
+    for warning in braid::config::dtm_warnings(&args) {
+        tracing::warn!("{warning}");
+    }
     match command {
         "migrate" => {
             let cancel = tokio_util::sync::CancellationToken::new();
