@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         "migrate" => {
             let cancel = tokio_util::sync::CancellationToken::new();
-            let store = braid::server::open_store(&config.store.dsn, &cancel).await?;
+            let store = braid::server::open_store(&config.store_dsn(), &cancel).await?;
             tracing::info!(kind = store.kind(), "migrations applied");
             Ok(())
         }

@@ -1,11 +1,13 @@
 //! HTTP and JSON-RPC branch calls (spec §6.2, §6.3) on one pooled client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
 
 use super::{BranchCall, CallOutcome, classify_http};
 use crate::model::{TransType, short_uuid};
+use crate::tls::BranchTls;
 
 /// How much of an answer body is kept (for rollback reasons and logs).
 const MAX_BODY: usize = 4096;
@@ -17,9 +19,14 @@ pub struct HttpInvoker {
 }
 
 impl HttpInvoker {
-    /// A client with keep-alive pooling and no automatic redirects (a branch must answer itself).
-    pub fn new() -> Result<Self, String> {
+    /// A client with keep-alive pooling and no automatic redirects (a branch must answer itself); `https://`
+    /// URLs are verified and answered with `tls` (ALPN `h2`, `http/1.1`).
+    pub fn new(tls: &Arc<BranchTls>) -> Result<Self, String> {
+        let tls = tls
+            .client_config(&[b"h2", b"http/1.1"])
+            .map_err(|e| e.to_string())?;
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .pool_max_idle_per_host(256)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 use crate::model::{Protocol, TransType};
+use crate::tls::BranchTls;
 
 /// What a branch answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,11 +102,17 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// A new invoker with pooled connections.
+    /// A new invoker with pooled connections, whose TLS trusts the public web roots only.
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
+        let tls = BranchTls::load(None, None).map_err(|e| e.to_string())?;
+        Self::with_tls(metrics, &Arc::new(tls))
+    }
+
+    /// A new invoker with pooled connections, calling `https://` and `grpcs://` branches with `tls`.
+    pub fn with_tls(metrics: Arc<Metrics>, tls: &Arc<BranchTls>) -> Result<Self, String> {
         Ok(Self {
-            http: http::HttpInvoker::new()?,
-            grpc: grpc::GrpcInvoker::default(),
+            http: http::HttpInvoker::new(tls)?,
+            grpc: grpc::GrpcInvoker::new(tls)?,
             metrics,
             discovery: None,
         })
@@ -151,7 +158,10 @@ impl Invoker {
                     headers: &headers,
                     ..call.clone()
                 };
-                let outcome = self.dispatch(&routed, started).await;
+                // A gRPC endpoint over TLS is verified against the service's name, not the pod's address.
+                let outcome = self
+                    .dispatch_as(&routed, Some(&resolved.host), started)
+                    .await;
                 discovery.report(&key, &resolved, !matches!(outcome, CallOutcome::Error(_)));
                 outcome
             }
@@ -159,10 +169,21 @@ impl Invoker {
     }
 
     async fn dispatch(&self, call: &BranchCall<'_>, started: std::time::Instant) -> CallOutcome {
+        self.dispatch_as(call, None, started).await
+    }
+
+    /// Makes the call; a gRPC call over TLS verifies the server as `authority` when given, else as the URL's
+    /// host.
+    async fn dispatch_as(
+        &self,
+        call: &BranchCall<'_>,
+        authority: Option<&str>,
+        started: std::time::Instant,
+    ) -> CallOutcome {
         let outcome = match transport(call) {
             Protocol::JsonRpc => self.http.call_json_rpc(call).await,
             Protocol::Http => self.http.call(call).await,
-            Protocol::Grpc => self.grpc.call(call).await,
+            Protocol::Grpc => self.grpc.call(call, authority).await,
         };
         self.record(call, &outcome, started);
         outcome
@@ -199,9 +220,13 @@ impl BranchCaller for Invoker {
     }
 }
 
-/// The transport of a call (spec §6.1): JSON-RPC when the transaction says so and the URL names a method;
-/// else HTTP when the transaction says so or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
+/// The transport of a call (spec §6.1): gRPC for a `grpcs://` URL (gRPC over TLS, braid's own form); else
+/// JSON-RPC when the transaction says so and the URL names a method; else HTTP when the transaction says so
+/// or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
 fn transport(call: &BranchCall<'_>) -> Protocol {
+    if call.url.starts_with(grpc::TLS_SCHEME) {
+        return Protocol::Grpc;
+    }
     let is_http_url = call.url.starts_with("http://") || call.url.starts_with("https://");
     match call.protocol {
         Protocol::JsonRpc if call.url.contains("method") => Protocol::JsonRpc,
