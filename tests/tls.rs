@@ -677,3 +677,147 @@ async fn mysql_dsns_with_tls_settings_are_understood() {
     }
     support::drop_database(required.split('?').next().unwrap()).await;
 }
+
+/// A private MariaDB with TLS on, for the store tests: started from the distribution's `mariadbd` on a
+/// scratch data directory and a free port, stopped (by its pid) when dropped.
+struct TlsMariaDb {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl TlsMariaDb {
+    /// `None` when this machine has no MariaDB server binaries.
+    async fn start(pki: &Pki, server: &Leaf) -> Option<Self> {
+        let install = ["mariadb-install-db", "/usr/bin/mariadb-install-db"]
+            .into_iter()
+            .find(|p| std::process::Command::new(p).arg("--help").output().is_ok())?;
+        let mariadbd = ["mariadbd", "/usr/sbin/mariadbd"].into_iter().find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })?;
+        let dir = pki.dir.join("mariadb");
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, cert, key) = (
+            pki.write("db-ca.pem", &pki.ca_pem()),
+            pki.write("db-cert.pem", &server.cert),
+            pki.write("db-key.pem", &server.key),
+        );
+        let out = std::process::Command::new(install)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = support::process::free_port();
+        let child = std::process::Command::new(mariadbd)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--port={port}"))
+            .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
+            .arg(format!("--ssl-ca={}", ca.display()))
+            .arg(format!("--ssl-cert={}", cert.display()))
+            .arg(format!("--ssl-key={}", key.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let db = Self { child, port, dir };
+        // Root without a password over TCP, then a user that must use TLS.
+        sqlx::any::install_default_drivers();
+        let admin = format!("mysql://root@127.0.0.1:{port}/?ssl-mode=DISABLED");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let pool = loop {
+            match sqlx::AnyPool::connect(&admin).await {
+                Ok(pool) => break pool,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "private MariaDB: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        for sql in [
+            "CREATE USER 'braid'@'%' IDENTIFIED BY 'pw' REQUIRE SSL",
+            "GRANT ALL ON *.* TO 'braid'@'%'",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+        Some(db)
+    }
+}
+
+impl Drop for TlsMariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A MariaDB that accepts its user over TLS only: braid runs on it with `--store-ca` (verifying the server's
+/// certificate and name), and refuses a server whose certificate another CA signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_connection_is_encrypted_and_verified_with_the_store_ca() {
+    let pki = Pki::new("store");
+    let Some(db) = TlsMariaDb::start(&pki, &pki.leaf("localhost", 1, false)).await else {
+        eprintln!("no mariadbd / mariadb-install-db on this machine: skipped");
+        return;
+    };
+    let dsn = format!("mysql://braid:pw@localhost:{}/braid_tls", db.port);
+    let ca = pki.write("store-ca.pem", &pki.ca_pem());
+
+    // Without TLS the user is refused: whatever works below went encrypted.
+    let plain = braid::store::open(&format!("{dsn}?ssl-mode=DISABLED")).await;
+    assert!(plain.is_err(), "REQUIRE SSL is in force");
+
+    let mut config = test_config(&dsn);
+    config.tls.store_ca = Some(ca);
+    assert!(config.store_dsn().contains("ssl-mode=VERIFY_IDENTITY"));
+    let ts = TestServer::start_with(config.clone()).await;
+    let g = gid("store-tls");
+    ts.submit_ok(
+        &json!({"gid": g, "trans_type": "saga", "steps": [{"action": ""}], "payloads": [""]}),
+    )
+    .await;
+    assert_eq!(ts.status(&g).await, "succeed");
+    ts.server.stop().await;
+
+    // The session braid's DSN opens is encrypted.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&config.store_dsn()).await.unwrap();
+    let (_, cipher): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!cipher.is_empty(), "the session is encrypted");
+    pool.close().await;
+
+    // Another CA: the server is not trusted.
+    let other = Pki::new("store-other");
+    config.tls.store_ca = Some(other.write("store-ca.pem", &other.ca_pem()));
+    let err = braid::store::open(&config.store_dsn())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    drop(db);
+}
