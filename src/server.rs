@@ -307,7 +307,10 @@ impl Server {
                     cancel.clone(),
                 ),
         );
-        let mut tls_watchers = vec![tls::watch(branch_tls, tls::RELOAD_INTERVAL, cancel.clone())];
+        let mut tls_watchers = Vec::new();
+        if branch_tls.has_files() {
+            tls_watchers.push(tls::watch(branch_tls, tls::RELOAD_INTERVAL, cancel.clone()));
+        }
         if let Some(server_tls) = &server_tls {
             tls_watchers.push(tls::watch(
                 server_tls.clone(),

@@ -385,6 +385,11 @@ impl BranchTls {
         }
     }
 
+    /// Whether any file is configured (else there is nothing to watch).
+    pub fn has_files(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some()
+    }
+
     /// Whether a client certificate is configured.
     pub fn has_client_cert(&self) -> bool {
         self.identity.is_some()

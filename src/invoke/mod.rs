@@ -254,6 +254,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grpcs_urls_are_grpc_whatever_the_protocol() {
+        let headers = BTreeMap::new();
+        let call = |url: &'static str, protocol| BranchCall {
+            url,
+            protocol,
+            trans_type: TransType::Saga,
+            gid: "g",
+            branch_id: "01",
+            op: "action",
+            body: b"",
+            headers: &headers,
+            timeout: Duration::from_secs(1),
+        };
+        for protocol in [Protocol::Http, Protocol::Grpc, Protocol::JsonRpc] {
+            assert_eq!(
+                transport(&call(
+                    "grpcs://busi:443/busi.Busi/TransOut?method=x",
+                    protocol
+                )),
+                Protocol::Grpc
+            );
+        }
+        assert_eq!(
+            transport(&call("busi:50051/busi.Busi/TransOut", Protocol::Grpc)),
+            Protocol::Grpc
+        );
+        assert_eq!(
+            transport(&call("https://busi/api/TransOut", Protocol::Grpc)),
+            Protocol::Http
+        );
+    }
+
+    #[test]
     fn classifies_like_dtm_with_ongoing_first() {
         let cases: &[(u16, &str, &str)] = &[
             (200, "null", "success"),
