@@ -9,7 +9,7 @@
 //!
 //! The YAML file uses the flag names as keys (`http-port: 36789`, `store: mysql://...`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 mod dtm;
 use std::time::Duration;
@@ -314,6 +314,28 @@ settings! {
         /// `*.svc.cluster.local`, `10.0.0.0/8`, `host:port` (default: any host but link-local addresses).
         branch_allow => allow: Option<String> = None, env "BRAID_BRANCH_ALLOW", from String => some;
     }
+    /// TLS of the listeners, of branch calls and of the store (see README, "TLS"). Certificate files are PEM
+    /// and re-read when they change.
+    tls: TlsConfig {
+        /// Serve HTTPS and gRPC over TLS with this certificate chain (PEM; with --tls-key).
+        tls_cert => cert: Option<PathBuf> = None, env "BRAID_TLS_CERT", from PathBuf => some;
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        tls_key => key: Option<PathBuf> = None, env "BRAID_TLS_KEY", from PathBuf => some;
+        /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+        tls_client_ca => client_ca: Option<PathBuf> = None, env "BRAID_TLS_CLIENT_CA",
+            from PathBuf => some;
+        /// CA certificates (PEM) trusted for `https://` and `grpcs://` branches besides the public web roots.
+        branch_ca => branch_ca: Option<PathBuf> = None, env "BRAID_BRANCH_CA", from PathBuf => some;
+        /// Mutual TLS to branches: the client certificate chain (PEM; with --branch-client-key).
+        branch_client_cert => branch_client_cert: Option<PathBuf> = None, env "BRAID_BRANCH_CLIENT_CERT",
+            from PathBuf => some;
+        /// The private key of --branch-client-cert (PEM).
+        branch_client_key => branch_client_key: Option<PathBuf> = None, env "BRAID_BRANCH_CLIENT_KEY",
+            from PathBuf => some;
+        /// CA certificate (PEM) of the store's TLS: sets the DSN's `ssl-ca` (MySQL) or `sslrootcert`
+        /// (PostgreSQL), and the verifying mode when the DSN names none.
+        store_ca => store_ca: Option<PathBuf> = None, env "BRAID_STORE_CA", from PathBuf => some;
+    }
     /// Logging.
     log: LogConfig {
         /// Log filter: a level (`info`) or a `RUST_LOG`-style directive list.
@@ -569,11 +591,16 @@ fn dtm_warnings_with(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> 
 }
 
 impl Config {
-    /// The DSN to open the store with: [`StoreConfig::dsn`] with the password of `store-password-file` when
-    /// one is set. Never log it: log [`crate::store::redact_dsn`] of it.
+    /// The DSN to open the store with: [`StoreConfig::dsn`] with `store-ca` set in it and the password of
+    /// `store-password-file` when those are set. Never log it: log [`crate::store::redact_dsn`] of it.
     pub fn store_dsn(&self) -> Result<String, ConfigError> {
+        let dsn = match &self.tls.store_ca {
+            Some(ca) => crate::store::dsn_with_ca(&self.store.dsn, ca)
+                .unwrap_or_else(|| self.store.dsn.clone()),
+            None => self.store.dsn.clone(),
+        };
         let Some(path) = &self.store.password_file else {
-            return Ok(self.store.dsn.clone());
+            return Ok(dsn);
         };
         let password = std::fs::read_to_string(path).map_err(|e| {
             ConfigError(format!(
@@ -585,7 +612,7 @@ impl Config {
             .strip_suffix("\r\n")
             .or_else(|| password.strip_suffix('\n'))
             .unwrap_or(&password);
-        crate::store::with_password(&self.store.dsn, password)
+        crate::store::with_password(&dsn, password)
             .map_err(|e| ConfigError(format!("store-password-file {}: {e}", path.display())))
     }
 
@@ -684,12 +711,81 @@ impl Config {
                  believes it owns; use sql or kubernetes when more than one replica shares the store"
             );
         }
+        self.validate_tls()?;
         if self.writer.max_batch < 1 || self.writer.pipeline == Some(0) {
             return Err(ConfigError(
                 "writer-max-batch and writer-pipeline must be at least 1".to_owned(),
             ));
         }
         self.validate_limits()
+    }
+
+    /// Files that go in pairs are given in pairs; the files themselves are read at start.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => return Err(ConfigError("tls-cert needs tls-key".to_owned())),
+            (None, Some(_)) => return Err(ConfigError("tls-key needs tls-cert".to_owned())),
+            _ => {}
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            return Err(ConfigError(
+                "tls-client-ca needs tls-cert and tls-key (mutual TLS is TLS first)".to_owned(),
+            ));
+        }
+        match (&tls.branch_client_cert, &tls.branch_client_key) {
+            (Some(_), None) => Err(ConfigError(
+                "branch-client-cert needs branch-client-key".to_owned(),
+            )),
+            (None, Some(_)) => Err(ConfigError(
+                "branch-client-key needs branch-client-cert".to_owned(),
+            )),
+            _ => Ok(()),
+        }?;
+        if tls.store_ca.is_some()
+            && crate::store::dsn_with_ca(&self.store.dsn, Path::new("")).is_none()
+        {
+            return Err(ConfigError(
+                "store-ca applies to a mysql:// or postgres:// store only".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listeners' TLS, loaded from its files (`None` without `tls-cert`). The error names the file.
+    pub fn server_tls(&self) -> Result<Option<crate::tls::ServerTls>, crate::tls::TlsError> {
+        use crate::tls::{ServerTls, TlsFile};
+        let (Some(cert), Some(key)) = (&self.tls.cert, &self.tls.key) else {
+            return Ok(None);
+        };
+        ServerTls::load(
+            TlsFile::new("tls-cert", cert),
+            TlsFile::new("tls-key", key),
+            self.tls
+                .client_ca
+                .as_ref()
+                .map(|ca| TlsFile::new("tls-client-ca", ca)),
+        )
+        .map(Some)
+    }
+
+    /// The client TLS of branch calls, loaded from its files. The error names the file.
+    pub fn branch_tls(&self) -> Result<crate::tls::BranchTls, crate::tls::TlsError> {
+        use crate::tls::{BranchTls, TlsFile};
+        let tls = &self.tls;
+        let identity = match (&tls.branch_client_cert, &tls.branch_client_key) {
+            (Some(c), Some(k)) => Some((
+                TlsFile::new("branch-client-cert", c),
+                TlsFile::new("branch-client-key", k),
+            )),
+            _ => None,
+        };
+        BranchTls::load(
+            tls.branch_ca
+                .as_ref()
+                .map(|ca| TlsFile::new("branch-ca", ca)),
+            identity,
+        )
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -1359,6 +1455,55 @@ AlertWebHook: 'http://alerts.internal/hook'
             "6",
         ),
         ("idle-timeout", "BRAID_IDLE_TIMEOUT", "30", "31", "31"),
+        (
+            "tls-cert",
+            "BRAID_TLS_CERT",
+            "/a/c.pem",
+            "/b/c.pem",
+            "/b/c.pem",
+        ),
+        (
+            "tls-key",
+            "BRAID_TLS_KEY",
+            "/a/k.pem",
+            "/b/k.pem",
+            "/b/k.pem",
+        ),
+        (
+            "tls-client-ca",
+            "BRAID_TLS_CLIENT_CA",
+            "/a/ca.pem",
+            "/b/ca.pem",
+            "/b/ca.pem",
+        ),
+        (
+            "branch-ca",
+            "BRAID_BRANCH_CA",
+            "/a/bca.pem",
+            "/b/bca.pem",
+            "/b/bca.pem",
+        ),
+        (
+            "branch-client-cert",
+            "BRAID_BRANCH_CLIENT_CERT",
+            "/a/bc.pem",
+            "/b/bc.pem",
+            "/b/bc.pem",
+        ),
+        (
+            "branch-client-key",
+            "BRAID_BRANCH_CLIENT_KEY",
+            "/a/bk.pem",
+            "/b/bk.pem",
+            "/b/bk.pem",
+        ),
+        (
+            "store-ca",
+            "BRAID_STORE_CA",
+            "/a/sca.pem",
+            "/b/sca.pem",
+            "/b/sca.pem",
+        ),
     ];
 
     /// DTM's environment names with a value, and the settings they give.
@@ -1405,6 +1550,10 @@ AlertWebHook: 'http://alerts.internal/hook'
                 .unwrap_or_default()
         }
         let secs = |d: Duration| d.as_secs().to_string();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "-".to_owned(), |p| p.display().to_string())
+        };
         BTreeMap::from([
             ("http-port", c.server.http_port.to_string()),
             ("grpc-port", c.server.grpc_port.to_string()),
@@ -1472,6 +1621,13 @@ AlertWebHook: 'http://alerts.internal/hook'
             ("max-connections", c.limits.max_connections.to_string()),
             ("header-read-timeout", secs(c.limits.header_read_timeout)),
             ("idle-timeout", secs(c.limits.idle_timeout)),
+            ("tls-cert", path(&c.tls.cert)),
+            ("tls-key", path(&c.tls.key)),
+            ("tls-client-ca", path(&c.tls.client_ca)),
+            ("branch-ca", path(&c.tls.branch_ca)),
+            ("branch-client-cert", path(&c.tls.branch_client_cert)),
+            ("branch-client-key", path(&c.tls.branch_client_key)),
+            ("store-ca", path(&c.tls.store_ca)),
         ])
     }
 

@@ -14,6 +14,11 @@
 //!   it sends its FIN after the response, then reads and discards what still arrives for a moment before
 //!   closing the socket (a lingering close). A socket closed with unread input makes the kernel send a reset
 //!   at once and drop the response bytes not yet sent, which clients saw as a reset and a truncated answer.
+//! - With TLS ([`Listener::with_tls`]) the handshake happens on the connection's own task, within the same
+//!   `header_read_timeout` from connecting (a client that never completes it is closed then, and holds its
+//!   slot no longer); each handshake takes the certificates in force at that moment, so a rotation applies
+//!   to new connections. ALPN offers `h2` and `http/1.1`. The lingering close works below TLS: the
+//!   `close_notify` alert goes out first, then the FIN.
 //! - On cancel a listener stops accepting, open connections finish their requests and close, and
 //!   [`Listener::serve`] returns once all of them are closed.
 
@@ -40,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::metrics::Metrics;
+use crate::tls::ServerTls;
 
 /// Connection limits of the listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +116,7 @@ pub struct Listener {
     slots: ConnectionSlots,
     opts: ListenerOptions,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Listener {
@@ -126,7 +133,15 @@ impl Listener {
             slots,
             opts,
             metrics,
+            tls: None,
         }
+    }
+
+    /// Serves TLS on every connection with `tls`'s certificates (plain TCP without it).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Accepts connections on `listener` and serves `service` on them until `cancel` fires, then waits
@@ -201,6 +216,7 @@ impl Listener {
             }
             let connection = Connection {
                 builder: Arc::clone(&builder),
+                tls: self.tls.clone(),
                 first_request_timeout: self.opts.header_read_timeout,
                 idle_timeout: self.opts.idle_timeout,
                 _gauge: OpenGauge::new(&self.metrics, self.name),
@@ -245,6 +261,7 @@ impl Drop for OpenGauge {
 /// One accepted connection.
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<Arc<ServerTls>>,
     first_request_timeout: Duration,
     idle_timeout: Duration,
     _gauge: OpenGauge,
@@ -269,11 +286,56 @@ impl Connection {
         RB::Error: Into<axum::BoxError>,
     {
         let activity = Arc::new(Activity::new(self.first_request_timeout, self.idle_timeout));
-        let io = TokioIo::new(ConnIo {
+        let io = ConnIo {
             tcp,
             activity: Arc::clone(&activity),
             linger: None,
-        });
+        };
+        let Some(tls) = self.tls.clone() else {
+            return self
+                .serve(TokioIo::new(io), activity, service, wrap, cancel)
+                .await;
+        };
+        // The handshake counts against the time to the first request.
+        let deadline = activity.started + self.first_request_timeout;
+        let handshake = tls.acceptor().accept(io);
+        let stream = tokio::select! {
+            () = cancel.cancelled() => return,
+            done = tokio::time::timeout_at(deadline, handshake) => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake with an API client failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake with an API client timed out");
+                    return;
+                }
+            },
+        };
+        self.serve(TokioIo::new(stream), activity, service, wrap, cancel)
+            .await;
+    }
+
+    /// Serves HTTP on `io` until the connection ends, closing it when idle or on cancel.
+    async fn serve<I, S, B, RB>(
+        self,
+        io: TokioIo<I>,
+        activity: Arc<Activity>,
+        service: S,
+        wrap: fn(Incoming) -> B,
+        cancel: CancellationToken,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: Service<Request<B>, Response = Response<RB>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<axum::BoxError>,
+    {
         let requests = Arc::clone(&activity);
         let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = Busy::begin(&requests);

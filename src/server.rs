@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::store::clock::StoreClock;
 use crate::store::writer::Writer;
 use crate::store::{self, DynStore, redact_dsn};
+use crate::tls;
 
 /// What to start besides the API.
 #[derive(Clone)]
@@ -109,6 +110,9 @@ pub struct Server {
     pub cluster: KeeperHandle,
     /// The store clock the engine and the scanner read (tests move it forward).
     pub clock: StoreClock,
+    /// Whether the listeners speak TLS.
+    pub tls: bool,
+    tls_watchers: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
     keeper_cancel: CancellationToken,
     keeper: JoinHandle<()>,
@@ -147,6 +151,9 @@ impl Server {
     /// Starts everything the configuration describes.
     pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
+        // Certificate files first: a bad one is a configuration error, whatever the store does.
+        let server_tls = config.server_tls()?.map(Arc::new);
+        let branch_tls = Arc::new(config.branch_tls()?);
         let store = open_store(&config.store_dsn()?, &cancel).await?;
         let metrics = Arc::new(Metrics::new());
         let clock = StoreClock::from_store(&store)
@@ -199,9 +206,10 @@ impl Server {
             None => None,
         };
         let engine_options = config.engine_options();
-        let mut invoker = Invoker::new(
+        let mut invoker = Invoker::with_tls(
             metrics.clone(),
             Arc::new(engine_options.branch_allow.clone()),
+            &branch_tls,
         )
         .map_err(anyhow::Error::msg)?;
         if let Some(k) = &kube {
@@ -297,6 +305,7 @@ impl Server {
                 listener_opts.clone(),
                 metrics.clone(),
             )
+            .with_tls(server_tls.clone())
             .serve(listener, app, axum::body::Body::new, cancel.clone()),
         );
         let grpc_addr: SocketAddr = format!("{}:{}", config.server.bind, config.server.grpc_port)
@@ -315,20 +324,43 @@ impl Server {
             .context("reading the gRPC listen address")?;
         let grpc_service = limiter.grpc_layer().layer(api::grpc::service(state));
         let grpc = tokio::spawn(
-            Listener::new("grpc", slots, listener_opts, metrics.clone()).serve(
-                grpc_listener,
-                grpc_service,
-                tonic::body::Body::new,
-                cancel.clone(),
-            ),
+            Listener::new("grpc", slots, listener_opts, metrics.clone())
+                .with_tls(server_tls.clone())
+                .serve(
+                    grpc_listener,
+                    grpc_service,
+                    tonic::body::Body::new,
+                    cancel.clone(),
+                ),
         );
+        let mut tls_watchers = Vec::new();
+        if branch_tls.has_files() {
+            tls_watchers.push(tls::watch(branch_tls, tls::RELOAD_INTERVAL, cancel.clone()));
+        }
+        if let Some(server_tls) = &server_tls {
+            tls_watchers.push(tls::watch(
+                server_tls.clone(),
+                tls::RELOAD_INTERVAL,
+                cancel.clone(),
+            ));
+        }
         let scan = opts
             .scanner
             .then(|| tokio::spawn(scanner.clone().run(cancel.clone())));
-        tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %redact_dsn(&config.store.dsn), kind = store.kind(), "braid started");
+        tracing::info!(
+            http = %http_addr,
+            grpc = %grpc_addr,
+            tls = server_tls.is_some(),
+            mutual_tls = server_tls.as_ref().is_some_and(|t| t.is_mutual()),
+            store = %redact_dsn(&config.store.dsn),
+            kind = store.kind(),
+            "braid started"
+        );
         Ok(Self {
             http_addr,
             grpc_addr,
+            tls: server_tls.is_some(),
+            tls_watchers,
             engine,
             scanner,
             metrics,
@@ -354,9 +386,10 @@ impl Server {
         self.cancel.clone()
     }
 
-    /// The HTTP base URL of the DTM API (`http://addr/api/dtmsvr`).
+    /// The HTTP base URL of the DTM API (`http://addr/api/dtmsvr`, `https://` with TLS).
     pub fn dtm_url(&self) -> String {
-        format!("http://{}/api/dtmsvr", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/api/dtmsvr", self.http_addr)
     }
 
     /// Stops in order (see the module docs) and waits until done.
@@ -364,6 +397,9 @@ impl Server {
         self.cancel.cancel();
         let _ = self.http.await;
         let _ = self.grpc.await;
+        for watcher in self.tls_watchers {
+            let _ = watcher.await;
+        }
         if let Some(scan) = self.scan {
             let _ = scan.await;
         }

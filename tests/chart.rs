@@ -200,6 +200,7 @@ fn full_render_is_valid_and_has_every_optional_part() {
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
+        "Certificate",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
     }
@@ -213,6 +214,13 @@ fn full_render_is_valid_and_has_every_optional_part() {
         "name: BRAID_MAX_INFLIGHT_BYTES\n              value: \"8Mi\"",
         "name: BRAID_MAX_CONCURRENT_REQUESTS\n              value: \"256\"",
         "name: BRAID_MAX_CONNECTIONS\n              value: \"1024\"",
+        // TLS from cert-manager: the Certificate, its Secret mounted, HTTPS probes and scrapes.
+        "name: BRAID_TLS_CERT\n              value: /etc/braid/tls/tls.crt",
+        "secretName: braid-tls",
+        "- braid.braid.svc.cluster.local",
+        "- \"braid.example.com\"",
+        "scheme: HTTPS",
+        "scheme: https",
     ] {
         assert!(yaml.contains(needle), "full render lacks {needle:?}");
     }
@@ -247,6 +255,119 @@ fn full_render_is_valid_and_has_every_optional_part() {
         !kinds_of(&yaml, "Role") && yaml.contains("value: \"off\""),
         "{yaml}"
     );
+}
+
+#[test]
+fn tls_comes_from_an_existing_secret_or_from_cert_manager() {
+    let Some(t) = tools() else { return };
+    // An existing Secret: mounted as a directory (renewals show up), HTTPS probes, no Certificate.
+    let yaml = render(t, "braid", &["--set", "tls.existingSecret=braid-certs"]);
+    validate(t, "tls-secret", &yaml);
+    assert!(!kinds_of(&yaml, "Certificate"), "{yaml}");
+    for needle in [
+        "name: BRAID_TLS_CERT\n              value: /etc/braid/tls/tls.crt",
+        "name: BRAID_TLS_KEY\n              value: /etc/braid/tls/tls.key",
+        "mountPath: /etc/braid/tls\n              readOnly: true",
+        "secret:\n            secretName: braid-certs",
+        "path: /api/ping\n              port: http\n              scheme: HTTPS",
+        "path: /api/ready\n              port: http\n              scheme: HTTPS",
+    ] {
+        assert!(
+            yaml.contains(needle),
+            "TLS render lacks {needle:?}:\n{yaml}"
+        );
+    }
+    assert!(
+        !yaml.contains("subPath:"),
+        "a subPath mount never sees renewals"
+    );
+    assert!(!yaml.contains("BRAID_TLS_CLIENT_CA"));
+
+    // cert-manager: a Certificate for the Service's names, whose Secret is mounted.
+    let yaml = render(
+        t,
+        "braid",
+        &[
+            "--set",
+            "tls.certManager.issuerRef.name=ca,tls.certManager.issuerRef.kind=Issuer",
+        ],
+    );
+    validate(t, "tls-cert-manager", &yaml);
+    assert!(kinds_of(&yaml, "Certificate"), "{yaml}");
+    for needle in [
+        "kind: Certificate",
+        "secretName: braid-tls",
+        "issuerRef:\n    kind: Issuer\n    name: ca",
+        "- braid.braid.svc",
+        "rotationPolicy: Always",
+        "- server auth",
+        "secret:\n            secretName: braid-tls",
+        "scheme: HTTPS",
+    ] {
+        assert!(
+            yaml.contains(needle),
+            "cert-manager render lacks {needle:?}:\n{yaml}"
+        );
+    }
+
+    // Mutual TLS: the CA from the TLS Secret or its own; the kubelet has no client certificate, so the
+    // probes check the port.
+    let yaml = render(
+        t,
+        "braid",
+        &[
+            "--set",
+            "tls.existingSecret=braid-certs,tls.clientCA.enabled=true",
+        ],
+    );
+    validate(t, "tls-mutual", &yaml);
+    assert!(
+        yaml.contains("name: BRAID_TLS_CLIENT_CA\n              value: /etc/braid/tls/ca.crt"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("tcpSocket:") && !yaml.contains("httpGet:"),
+        "{yaml}"
+    );
+    let yaml = render(
+        t,
+        "braid",
+        &[
+            "--set",
+            "tls.existingSecret=braid-certs,tls.clientCA.enabled=true,tls.clientCA.existingSecret=clients",
+        ],
+    );
+    validate(t, "tls-mutual-ca", &yaml);
+    for needle in [
+        "value: /etc/braid/client-ca/ca.crt",
+        "mountPath: /etc/braid/client-ca",
+        "secretName: clients",
+    ] {
+        assert!(
+            yaml.contains(needle),
+            "client CA render lacks {needle:?}:\n{yaml}"
+        );
+    }
+
+    // Without TLS nothing of it is rendered; mutual TLS without TLS is refused.
+    let yaml = render(t, "braid", &[]);
+    assert!(!yaml.contains("BRAID_TLS") && !yaml.contains("scheme: HTTPS"));
+    for (set, message) in [
+        (
+            "tls.clientCA.enabled=true",
+            "tls.clientCA.enabled needs TLS",
+        ),
+        (
+            "tls.certManager.issuerRef.kind=Issuer",
+            "tls.certManager.issuerRef needs a name",
+        ),
+    ] {
+        let (ok, _, stderr) = run(
+            &t.helm,
+            &["template", "braid", "charts/braid", "--set", set],
+        );
+        assert!(!ok && stderr.contains(message), "{set}: {stderr}");
+    }
 }
 
 fn kinds_of(yaml: &str, kind: &str) -> bool {

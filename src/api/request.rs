@@ -154,10 +154,14 @@ fn url(field: &str, url: &str, kind: UrlKind) -> Checked<()> {
     if let Some(rest) = url.strip_prefix("discovery://") {
         return authority_and_path(field, rest, false);
     }
+    // gRPC over TLS, whatever the transaction's protocol.
+    if let Some(rest) = url.strip_prefix(crate::invoke::grpc::TLS_SCHEME) {
+        return authority_and_path(field, rest, true);
+    }
     if url.contains("://") {
         return Err(Invalid::new(
             field,
-            "has an unsupported scheme (use http://, https:// or discovery://)",
+            "has an unsupported scheme (use http://, https://, grpcs:// or discovery://)",
         ));
     }
     match protocol {
@@ -284,14 +288,19 @@ impl TransInput {
                 format!("has more than {max_steps} entries (max-steps)"),
             ));
         }
+        let grpc_host = self
+            .query_prepared
+            .strip_prefix(crate::invoke::grpc::TLS_SCHEME)
+            .unwrap_or(&self.query_prepared);
         if trans_type == TransType::Workflow
             && protocol != Protocol::Http
-            && !self.query_prepared.is_empty()
-            && !self.query_prepared.contains("://")
+            && !grpc_host.is_empty()
+            && !grpc_host.contains("://")
         {
-            // A gRPC workflow is resumed through `workflow.Workflow/Execute` on this host.
+            // A gRPC workflow is resumed through `workflow.Workflow/Execute` on this host (over TLS with
+            // `grpcs://host:port`).
             short("query_prepared", &self.query_prepared, limits::MAX_URL)?;
-            authority_and_path("query_prepared", &self.query_prepared, false)?;
+            authority_and_path("query_prepared", grpc_host, false)?;
         } else {
             url(
                 "query_prepared",
@@ -504,6 +513,7 @@ mod tests {
         }
         for ok in [
             "localhost:58081/busi.Busi/TransOut",
+            "grpcs://busi.shop.svc:443/busi.Busi/TransOut",
             "http://localhost:8081/api/busi/TransOut",
         ] {
             assert!(grpc(ok).is_ok(), "{ok}");
@@ -513,6 +523,8 @@ mod tests {
             "localhost:58081",
             "localhost:58081/",
             "/busi.Busi/X",
+            "grpcs://busi:443",
+            "grpcs:///busi.Busi/X",
         ] {
             assert!(grpc(bad).is_err(), "{bad}");
         }

@@ -27,15 +27,16 @@ pub(crate) async fn process(pass: &mut Pass<'_>) -> Step {
         .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
         .unwrap_or_default();
     let (url, body) = if pass.txn.protocol == Protocol::Grpc {
-        // gRPC workflows are resumed through `workflow.Workflow/Execute` on the client's host.
-        let host = pass
-            .txn
-            .query_prepared
-            .split('/')
-            .next()
-            .unwrap_or_default();
+        // gRPC workflows are resumed through `workflow.Workflow/Execute` on the client's host (over TLS when
+        // it is written `grpcs://host:port`).
+        let scheme = crate::invoke::grpc::TLS_SCHEME;
+        let (tls, target) = match pass.txn.query_prepared.strip_prefix(scheme) {
+            Some(rest) => (scheme, rest),
+            None => ("", pass.txn.query_prepared.as_str()),
+        };
+        let host = target.split('/').next().unwrap_or_default();
         (
-            format!("{host}/workflow.Workflow/Execute"),
+            format!("{tls}{host}/workflow.Workflow/Execute"),
             WorkflowData { data }.encode_to_vec(),
         )
     } else {

@@ -1,7 +1,10 @@
 //! gRPC branch calls (spec §6.4): the stored request bytes are sent as-is with a pass-through codec (braid
 //! never needs the branch's proto), the reply is ignored, and the status code is the outcome:
 //! `Aborted` = FAILURE (except the legacy message "ONGOING"), `FailedPrecondition` = ONGOING.
-//! The URL is `host:port/package.Service/Method`; one lazily connected HTTP/2 channel per host is shared.
+//! The URL is `host:port/package.Service/Method` (DTM's form, plain HTTP/2), or `grpcs://host:port/
+//! package.Service/Method` for gRPC over TLS (braid's form: the branch's certificate is verified against the
+//! public web roots and `--branch-ca`, and `--branch-client-cert` is presented when set). One lazily connected
+//! HTTP/2 channel per target is shared.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -9,13 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::Uri;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{BranchCall, CallOutcome};
+use crate::tls::BranchTls;
+
+/// The scheme of a gRPC branch over TLS: `grpcs://host:port/package.Service/Method`.
+pub const TLS_SCHEME: &str = "grpcs://";
 
 /// Sends and receives raw protobuf bytes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,43 +86,104 @@ pub fn classify_grpc(status: &Status) -> CallOutcome {
     }
 }
 
-/// gRPC transport with one channel per target host.
-#[derive(Clone, Default)]
+/// A gRPC target: where to connect, and for TLS the name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Target {
+    host: String,
+    tls_name: Option<String>,
+}
+
+/// `url` split into its target and its method path: `[grpcs://]host:port/package.Service/Method`. Over TLS the
+/// server is verified as `authority` when given (the service name a discovered endpoint stands for), else as
+/// the URL's host.
+fn parse_url(url: &str, authority: Option<&str>) -> Result<(Target, PathAndQuery), String> {
+    let (tls, rest) = match url.strip_prefix(TLS_SCHEME) {
+        Some(rest) => (true, rest),
+        None => (false, url),
+    };
+    let Some((host, method)) = rest.split_once('/') else {
+        return Err(format!(
+            "gRPC url '{url}' must look like host:port/package.Service/Method \
+             (or grpcs://host:port/package.Service/Method over TLS)"
+        ));
+    };
+    let path = PathAndQuery::from_str(&format!("/{method}"))
+        .map_err(|e| format!("gRPC method '{method}' is invalid: {e}"))?;
+    let tls_name = tls.then(|| host_of(authority.unwrap_or(host)).to_owned());
+    Ok((
+        Target {
+            host: host.to_owned(),
+            tls_name,
+        },
+        path,
+    ))
+}
+
+/// The host of `host[:port]` or `[v6][:port]`.
+fn host_of(authority: &str) -> &str {
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => authority,
+    }
+}
+
+/// gRPC transport with one channel per target.
+#[derive(Clone)]
 pub struct GrpcInvoker {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<Target, Channel>>>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl GrpcInvoker {
-    fn channel(&self, host: &str) -> Result<Channel, String> {
+    /// A transport whose TLS channels use `tls` (ALPN `h2`).
+    pub fn new(tls: &Arc<BranchTls>) -> Result<Self, String> {
+        Ok(Self {
+            channels: Arc::default(),
+            tls: Arc::new(tls.client_config(&[b"h2"]).map_err(|e| e.to_string())?),
+        })
+    }
+
+    fn channel(&self, target: &Target) -> Result<Channel, String> {
         let mut channels = self
             .channels
             .lock()
             .map_err(|_| "gRPC channel cache poisoned".to_owned())?;
-        if let Some(c) = channels.get(host) {
+        if let Some(c) = channels.get(target) {
             return Ok(c.clone());
         }
+        let host = &target.host;
         let endpoint = Endpoint::from_shared(format!("http://{host}"))
             .map_err(|e| format!("invalid gRPC target '{host}': {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(host.to_owned(), channel.clone());
+        let channel = match &target.tls_name {
+            None => endpoint.connect_lazy(),
+            Some(name) => {
+                let origin: Uri = format!("https://{host}")
+                    .parse()
+                    .map_err(|e| format!("invalid gRPC target '{host}': {e}"))?;
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| format!("'{name}' cannot be a TLS server name: {e}"))?;
+                endpoint
+                    .origin(origin)
+                    .connect_with_connector_lazy(tls_connector(Arc::clone(&self.tls), name))
+            }
+        };
+        channels.insert(target.clone(), channel.clone());
         Ok(channel)
     }
 
-    /// Calls `host:port/package.Service/Method` with the raw body and DTM's `dtm-*` metadata.
-    pub async fn call(&self, call: &BranchCall<'_>) -> CallOutcome {
-        let Some((host, method)) = call.url.split_once('/') else {
-            return CallOutcome::Error(format!(
-                "gRPC url '{}' must look like host:port/package.Service/Method",
-                call.url
-            ));
+    /// Calls `[grpcs://]host:port/package.Service/Method` with the raw body and DTM's `dtm-*` metadata. Over
+    /// TLS the server's certificate must name `authority` when given, else the URL's host.
+    pub async fn call(&self, call: &BranchCall<'_>, authority: Option<&str>) -> CallOutcome {
+        let (target, path) = match parse_url(call.url, authority) {
+            Ok(parsed) => parsed,
+            Err(e) => return CallOutcome::Error(e),
         };
-        let path = match PathAndQuery::from_str(&format!("/{method}")) {
-            Ok(p) => p,
-            Err(e) => return CallOutcome::Error(format!("gRPC method '{method}' is invalid: {e}")),
-        };
-        let channel = match self.channel(host) {
+        let channel = match self.channel(&target) {
             Ok(c) => c,
             Err(e) => return CallOutcome::Error(e),
         };
@@ -154,9 +225,64 @@ impl GrpcInvoker {
     }
 }
 
+/// Connects over TCP, then TLS with `config` verifying the server as `name`; the server must agree to HTTP/2.
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tower::service_fn(move |uri: Uri| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "gRPC target without a host",
+                    )
+                })?;
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = connector.connect(name, tcp).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{authority} did not agree to HTTP/2 over TLS (ALPN h2)"),
+                ));
+            }
+            Ok(TokioIo::new(tls))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_say_whether_tls_is_spoken() {
+        let (t, p) = parse_url("busi:50051/busi.Busi/TransOut", None).unwrap();
+        assert_eq!((t.host.as_str(), t.tls_name), ("busi:50051", None));
+        assert_eq!(p.as_str(), "/busi.Busi/TransOut");
+        let (t, _) = parse_url("grpcs://busi.ns.svc:443/busi.Busi/TransOut", None).unwrap();
+        assert_eq!(t.host, "busi.ns.svc:443");
+        assert_eq!(t.tls_name.as_deref(), Some("busi.ns.svc"));
+        let (t, _) =
+            parse_url("grpcs://10.1.2.3:443/busi.Busi/TransOut", Some("busi:443")).unwrap();
+        assert_eq!(t.tls_name.as_deref(), Some("busi"), "a discovered endpoint");
+        let (t, _) = parse_url("grpcs://[::1]:8443/a.B/C", None).unwrap();
+        assert_eq!(t.tls_name.as_deref(), Some("::1"));
+        assert!(parse_url("grpcs://busi:443", None).is_err());
+    }
 
     #[test]
     fn classifies_grpc_codes_like_dtm() {

@@ -8,6 +8,7 @@ use reqwest::Method;
 use super::{BranchCall, CallOutcome, classify_http};
 use crate::engine::allow::{BranchAllow, CheckedResolver, address_refused};
 use crate::model::{TransType, short_uuid};
+use crate::tls::BranchTls;
 
 /// How much of an answer body is kept (for rollback reasons and logs).
 const MAX_BODY: usize = 4096;
@@ -31,14 +32,20 @@ fn client_builder() -> reqwest::ClientBuilder {
 }
 
 impl HttpInvoker {
-    /// Clients with keep-alive pooling and no automatic redirects (a branch must answer itself); branch
-    /// host names resolve through `allow` (see [`CheckedResolver`]).
-    pub fn new(allow: Arc<BranchAllow>) -> Result<Self, String> {
+    /// Clients with keep-alive pooling and no automatic redirects (a branch must answer itself); `https://`
+    /// URLs are verified and answered with `tls` (ALPN `h2`, `http/1.1`), and branch host names resolve
+    /// through `allow` (see [`CheckedResolver`]).
+    pub fn new(allow: Arc<BranchAllow>, tls: &Arc<BranchTls>) -> Result<Self, String> {
+        let tls = tls
+            .client_config(&[b"h2", b"http/1.1"])
+            .map_err(|e| e.to_string())?;
         let client = client_builder()
+            .use_preconfigured_tls(tls.clone())
             .dns_resolver(Arc::new(CheckedResolver::new(allow)))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         let operator = client_builder()
+            .use_preconfigured_tls(tls)
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(Self { client, operator })

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::engine::allow::BranchAllow;
 use crate::metrics::Metrics;
 use crate::model::{Protocol, TransType};
+use crate::tls::BranchTls;
 
 /// What a branch answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,12 +103,23 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// A new invoker with pooled connections; branch host names are checked against `allow` when they
-    /// resolve.
-    pub fn new(metrics: Arc<Metrics>, allow: Arc<BranchAllow>) -> Result<Self, String> {
+    /// A new invoker with pooled connections, whose TLS trusts the public web roots only, and no
+    /// allowlist beyond the default (link-local addresses refused).
+    pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
+        let tls = BranchTls::load(None, None).map_err(|e| e.to_string())?;
+        Self::with_tls(metrics, Arc::new(BranchAllow::default()), &Arc::new(tls))
+    }
+
+    /// A new invoker with pooled connections, calling `https://` and `grpcs://` branches with `tls`; branch
+    /// host names are checked against `allow` when they resolve.
+    pub fn with_tls(
+        metrics: Arc<Metrics>,
+        allow: Arc<BranchAllow>,
+        tls: &Arc<BranchTls>,
+    ) -> Result<Self, String> {
         Ok(Self {
-            http: http::HttpInvoker::new(allow)?,
-            grpc: grpc::GrpcInvoker::default(),
+            http: http::HttpInvoker::new(allow, tls)?,
+            grpc: grpc::GrpcInvoker::new(tls)?,
             metrics,
             discovery: None,
         })
@@ -153,7 +165,10 @@ impl Invoker {
                     headers: &headers,
                     ..call.clone()
                 };
-                let outcome = self.dispatch(&routed, started).await;
+                // A gRPC endpoint over TLS is verified against the service's name, not the pod's address.
+                let outcome = self
+                    .dispatch_as(&routed, Some(&resolved.host), started)
+                    .await;
                 discovery.report(&key, &resolved, !matches!(outcome, CallOutcome::Error(_)));
                 outcome
             }
@@ -161,10 +176,21 @@ impl Invoker {
     }
 
     async fn dispatch(&self, call: &BranchCall<'_>, started: std::time::Instant) -> CallOutcome {
+        self.dispatch_as(call, None, started).await
+    }
+
+    /// Makes the call; a gRPC call over TLS verifies the server as `authority` when given, else as the URL's
+    /// host.
+    async fn dispatch_as(
+        &self,
+        call: &BranchCall<'_>,
+        authority: Option<&str>,
+        started: std::time::Instant,
+    ) -> CallOutcome {
         let outcome = match transport(call) {
             Protocol::JsonRpc => self.http.call_json_rpc(call).await,
             Protocol::Http => self.http.call(call).await,
-            Protocol::Grpc => self.grpc.call(call).await,
+            Protocol::Grpc => self.grpc.call(call, authority).await,
         };
         self.record(call, &outcome, started);
         outcome
@@ -201,9 +227,13 @@ impl BranchCaller for Invoker {
     }
 }
 
-/// The transport of a call (spec §6.1): JSON-RPC when the transaction says so and the URL names a method;
-/// else HTTP when the transaction says so or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
+/// The transport of a call (spec §6.1): gRPC for a `grpcs://` URL (gRPC over TLS, braid's own form); else
+/// JSON-RPC when the transaction says so and the URL names a method; else HTTP when the transaction says so
+/// or the URL is http(s); else gRPC (`host:port/package.Service/Method`).
 fn transport(call: &BranchCall<'_>) -> Protocol {
+    if call.url.starts_with(grpc::TLS_SCHEME) {
+        return Protocol::Grpc;
+    }
     let is_http_url = call.url.starts_with("http://") || call.url.starts_with("https://");
     match call.protocol {
         Protocol::JsonRpc if call.url.contains("method") => Protocol::JsonRpc,
@@ -229,6 +259,39 @@ pub fn classify_http(status: u16, body: &str) -> CallOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpcs_urls_are_grpc_whatever_the_protocol() {
+        let headers = BTreeMap::new();
+        let call = |url: &'static str, protocol| BranchCall {
+            url,
+            protocol,
+            trans_type: TransType::Saga,
+            gid: "g",
+            branch_id: "01",
+            op: "action",
+            body: b"",
+            headers: &headers,
+            timeout: Duration::from_secs(1),
+        };
+        for protocol in [Protocol::Http, Protocol::Grpc, Protocol::JsonRpc] {
+            assert_eq!(
+                transport(&call(
+                    "grpcs://busi:443/busi.Busi/TransOut?method=x",
+                    protocol
+                )),
+                Protocol::Grpc
+            );
+        }
+        assert_eq!(
+            transport(&call("busi:50051/busi.Busi/TransOut", Protocol::Grpc)),
+            Protocol::Grpc
+        );
+        assert_eq!(
+            transport(&call("https://busi/api/TransOut", Protocol::Grpc)),
+            Protocol::Http
+        );
+    }
 
     #[test]
     fn classifies_like_dtm_with_ongoing_first() {

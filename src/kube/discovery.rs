@@ -7,7 +7,9 @@
 //!   with `Host: orders` (a port in the URL is ignored: the endpoint's port comes from the EndpointSlice,
 //!   chosen by `services[].port`, or the only port);
 //! - the gRPC form `orders:50051/pkg.Service/Method` (or `discovery://orders/pkg.Service/Method` on a gRPC
-//!   transaction) becomes `<pod-ip>:<port>/pkg.Service/Method`;
+//!   transaction) becomes `<pod-ip>:<port>/pkg.Service/Method`, and `grpcs://<pod-ip>:<port>/...` when the
+//!   service is declared with `grpcTls` or the URL is `grpcs://orders:50051/...` (gRPC over TLS, the pod's
+//!   certificate verified against the name `orders`);
 //! - `https://` URLs are left alone (a certificate names the service, not the pod).
 //!
 //! Endpoints are those whose `conditions.ready` is not `false`, spread round robin per service. When a
@@ -51,6 +53,7 @@ struct Target {
 struct Declared {
     service: String,
     port: Option<String>,
+    grpc_tls: bool,
 }
 
 /// Resolves branch URLs of declared services to ready endpoints.
@@ -131,6 +134,7 @@ impl EndpointDiscovery {
                 .map(|s| Declared {
                     service: s.service_name().to_owned(),
                     port: s.port.clone(),
+                    grpc_tls: s.grpc_tls,
                 })
         })
     }
@@ -270,6 +274,8 @@ fn build_index(slices: &[Arc<EndpointSlice>]) -> HashMap<String, Vec<Target>> {
 fn split_url(url: &str, protocol: Protocol) -> Option<(&'static str, &str, &str)> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
         ("http://", rest)
+    } else if let Some(rest) = url.strip_prefix(crate::invoke::grpc::TLS_SCHEME) {
+        (crate::invoke::grpc::TLS_SCHEME, rest)
     } else if let Some(rest) = url.strip_prefix("discovery://") {
         (
             if protocol == Protocol::Grpc {
@@ -300,6 +306,11 @@ impl Discovery for EndpointDiscovery {
         let (scheme, authority, rest) = split_url(url, protocol)?;
         let host = url_host(authority)?.to_ascii_lowercase();
         let declared = self.declared(&host)?;
+        let scheme = if scheme.is_empty() && declared.grpc_tls {
+            crate::invoke::grpc::TLS_SCHEME
+        } else {
+            scheme
+        };
         let result = self.endpoints(&declared).and_then(|eps| {
             self.balancer.pick(&host, &eps, key).ok_or_else(|| {
                 format!(
@@ -448,6 +459,11 @@ mod tests {
                 "orders:50051/p.S/M",
                 Protocol::Grpc,
                 Some(("", "orders:50051", "/p.S/M")),
+            ),
+            (
+                "grpcs://orders:443/p.S/M",
+                Protocol::Http,
+                Some(("grpcs://", "orders:443", "/p.S/M")),
             ),
             ("https://orders/a", Protocol::Http, None),
             ("orders/a", Protocol::Http, None),

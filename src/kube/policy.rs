@@ -98,7 +98,8 @@ pub struct TransactionPolicySpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub branch_headers: BTreeMap<String, String>,
     /// Branch services resolved through EndpointSlices: a branch URL `http://<name>/path` (or
-    /// `discovery://<name>/path`, or the gRPC form `<name>:<port>/pkg.Service/Method`) whose host is a
+    /// `discovery://<name>/path`, or the gRPC forms `<name>:<port>/pkg.Service/Method` and
+    /// `grpcs://<name>:<port>/pkg.Service/Method`) whose host is a
     /// declared `name` is sent to a ready endpoint of that service, round robin, and a retry goes to another
     /// endpoint. Applies to every transaction (not only the matched ones) while braid runs in Kubernetes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -137,6 +138,12 @@ pub struct BranchService {
     /// Service has a single port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
+    /// Call this service's gRPC endpoints over TLS: a gRPC branch URL in DTM's plain form
+    /// (`<name>:<port>/pkg.Service/Method`) is called as `grpcs://`, and the endpoint's certificate must name
+    /// `<name>` as the URL writes it (trusted through the public roots or braid's `--branch-ca`).
+    /// `grpcs://<name>:<port>/...` URLs use TLS with or without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc_tls: bool,
 }
 
 impl BranchService {

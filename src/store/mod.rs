@@ -387,6 +387,68 @@ pub fn with_password(dsn: &str, password: &str) -> Result<String> {
     ))
 }
 
+/// The DSN with its TLS CA parameter set to `ca` (`--store-ca`): `ssl-ca` for MySQL, `sslrootcert` for
+/// PostgreSQL, each unless the DSN sets it itself; and, when the DSN names no TLS mode, the mode that
+/// verifies the server's certificate and name (`ssl-mode=VERIFY_IDENTITY`, `sslmode=verify-full`). `None`
+/// for a store without TLS (SQLite).
+pub fn dsn_with_ca(dsn: &str, ca: &std::path::Path) -> Option<String> {
+    let scheme = dsn.split_once("://").map(|(s, _)| s)?;
+    // (the CA parameter and its aliases, the mode parameter and its aliases, the verifying mode)
+    let (ca_keys, mode_keys, mode): (&[&str], &[&str], &str) = match scheme {
+        "mysql" | "mariadb" => (
+            &["ssl-ca", "sslca"],
+            &["ssl-mode", "sslmode"],
+            "ssl-mode=VERIFY_IDENTITY",
+        ),
+        "postgres" | "postgresql" => (&["sslrootcert"], &["sslmode"], "sslmode=verify-full"),
+        _ => return None,
+    };
+    // The query starts at the first `?` after the last `@` (a password may hold `?`).
+    let after_user = dsn.rfind('@').map_or(0, |at| at + 1);
+    let query_at = dsn[after_user..].find('?').map(|q| after_user + q);
+    let keys: Vec<String> = query_at
+        .map(|q| &dsn[q + 1..])
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split('=').next())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let has = |k: &str| keys.iter().any(|have| have == k);
+    let mut add = Vec::new();
+    if !ca_keys.iter().any(|k| has(k)) {
+        add.push(format!(
+            "{}={}",
+            ca_keys[0],
+            query_escape(&ca.to_string_lossy())
+        ));
+    }
+    if !mode_keys.iter().any(|k| has(k)) {
+        add.push(mode.to_owned());
+    }
+    if add.is_empty() {
+        return Some(dsn.to_owned());
+    }
+    let sep = match query_at {
+        None => "?",
+        Some(q) if q + 1 == dsn.len() || dsn.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    Some(format!("{dsn}{sep}{}", add.join("&")))
+}
+
+/// `s` percent-encoded for a URL query value (a path may hold `&`, `#`, `+`, spaces).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The DSN with any password replaced by `***`, for logs and error messages.
 pub fn redact_dsn(dsn: &str) -> String {
     let Some((scheme, rest)) = dsn.split_once("://") else {
@@ -452,6 +514,29 @@ mod tests {
         );
         let err = with_password("mysql://db:3306/braid", "x").unwrap_err();
         assert!(err.to_string().contains("needs a DSN with a user"), "{err}");
+    }
+
+    #[test]
+    fn the_store_ca_goes_into_the_dsn() {
+        let ca = std::path::Path::new("/etc/db ca/ca.pem");
+        assert_eq!(
+            dsn_with_ca("mysql://u:p?w@db:3306/braid", ca).unwrap(),
+            "mysql://u:p?w@db:3306/braid?ssl-ca=/etc/db%20ca/ca.pem&ssl-mode=VERIFY_IDENTITY"
+        );
+        assert_eq!(
+            dsn_with_ca("mysql://u@db/braid?ssl-mode=VERIFY_CA", ca).unwrap(),
+            "mysql://u@db/braid?ssl-mode=VERIFY_CA&ssl-ca=/etc/db%20ca/ca.pem"
+        );
+        assert_eq!(
+            dsn_with_ca("mysql://u@db/braid?ssl-ca=/x.pem&sslmode=required", ca).unwrap(),
+            "mysql://u@db/braid?ssl-ca=/x.pem&sslmode=required",
+            "the DSN's own settings win"
+        );
+        assert_eq!(
+            dsn_with_ca("postgres://u@db/braid?", ca).unwrap(),
+            "postgres://u@db/braid?sslrootcert=/etc/db%20ca/ca.pem&sslmode=verify-full"
+        );
+        assert_eq!(dsn_with_ca("sqlite://braid.db", ca), None);
     }
 
     #[test]

@@ -68,6 +68,11 @@ pub fn req_bytes(amount: i64, out_result: &str, in_result: &str) -> Vec<u8> {
 impl GrpcBusi {
     /// Starts the service on an ephemeral port.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts the service on an ephemeral port, over TLS with `tls` when given.
+    pub async fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind grpc busi");
@@ -80,14 +85,23 @@ impl GrpcBusi {
             BusiServer::new(busi.clone()),
             WorkflowServer::new(busi.clone()),
         );
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).expect("gRPC busi TLS config");
+        }
         tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(svc)
                 .add_service(wf)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await;
         });
         busi
+    }
+
+    /// `grpcs://localhost:port/busi.Busi/<method>`: a gRPC branch URL over TLS.
+    pub fn tls_url(&self, method: &str) -> String {
+        format!("grpcs://localhost:{}/busi.Busi/{method}", self.addr.port())
     }
 
     /// `127.0.0.1:port/busi.Busi/<method>`: a gRPC branch URL as DTM writes it.

@@ -53,6 +53,38 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-store" (include "braid.fullname" .)) .Values.store.existingSecret }}
 {{- end }}
 
+{{/* Whether the listeners serve TLS. */}}
+{{- define "braid.tls" -}}
+{{- if or .Values.tls.existingSecret .Values.tls.certManager.issuerRef }}true{{- end }}
+{{- end }}
+
+{{/* The Secret holding the listeners' certificate (`tls.crt`, `tls.key`). */}}
+{{- define "braid.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "braid.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/* The client CA file inside the container. */}}
+{{- define "braid.clientCAFile" -}}
+{{- if .Values.tls.clientCA.existingSecret }}/etc/braid/client-ca/{{ .Values.tls.clientCA.key }}
+{{- else }}/etc/braid/tls/{{ .Values.tls.clientCA.key }}
+{{- end }}
+{{- end }}
+
+{{/* A probe of `path`: HTTP, HTTPS with TLS, a TCP check with mutual TLS. Call with (dict "root" . "path" ...). */}}
+{{- define "braid.probe" -}}
+{{- if and (include "braid.tls" .root) .root.Values.tls.clientCA.enabled }}
+tcpSocket:
+  port: http
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: http
+  {{- if include "braid.tls" .root }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The Lease namespace. */}}
 {{- define "braid.leaseNamespace" -}}
 {{- default .Release.Namespace .Values.leaderElection.namespace }}
@@ -62,5 +94,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "braid.validate" -}}
 {{- if and (not (include "braid.externalStore" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
 {{- fail "more than one replica needs a shared store: set store.existingSecret (or store.dsn)" }}
+{{- end }}
+{{- if and .Values.tls.clientCA.enabled (not (include "braid.tls" .)) }}
+{{- fail "tls.clientCA.enabled needs TLS: set tls.existingSecret or tls.certManager.issuerRef" }}
+{{- end }}
+{{- if and .Values.tls.certManager.issuerRef (not .Values.tls.existingSecret) (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.issuerRef needs a name (and a kind: Issuer or ClusterIssuer)" }}
 {{- end }}
 {{- end }}
