@@ -201,6 +201,7 @@ fn full_render_is_valid_and_has_every_optional_part() {
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
         "Certificate",
+        "NetworkPolicy",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
     }
@@ -221,6 +222,16 @@ fn full_render_is_valid_and_has_every_optional_part() {
         "- \"braid.example.com\"",
         "scheme: HTTPS",
         "scheme: https",
+        // Tokens file from a Secret, mounted as a directory; the anonymous role; the allowlist.
+        "name: BRAID_AUTH_TOKENS_FILE\n              value: /etc/braid/auth/tokens.yaml",
+        "secretName: braid-tokens",
+        "mountPath: /etc/braid/auth",
+        "name: BRAID_AUTH_ANONYMOUS_ROLE\n              value: \"client\"",
+        "name: BRAID_BRANCH_ALLOW\n              value: \"*.svc.cluster.local,10.0.0.0/8\"",
+        // The NetworkPolicy admits the two API ports from the listed peers only.
+        "port: 36789",
+        "port: 36790",
+        "braid.example.com/client: \"true\"",
     ] {
         assert!(yaml.contains(needle), "full render lacks {needle:?}");
     }
@@ -233,6 +244,13 @@ fn full_render_is_valid_and_has_every_optional_part() {
     let yaml = render(t, "braid", &["-f", "charts/braid/ci/full-values.yaml"]);
     let kinds = self::kinds(&yaml);
     assert!(!kinds.iter().any(|k| k == "ServiceMonitor"), "{kinds:?}");
+
+    // By default: no tokens file, no allowlist, no NetworkPolicy.
+    let yaml = render(t, "braid", &[]);
+    assert!(!kinds_of(&yaml, "NetworkPolicy"));
+    for absent in ["BRAID_AUTH_TOKENS_FILE", "BRAID_BRANCH_ALLOW", "BRAID_AUTH_ANONYMOUS_ROLE"] {
+        assert!(!yaml.contains(absent), "default render sets {absent}");
+    }
 
     let yaml = render(t, "braid", &["-f", "charts/braid/ci/dsn-values.yaml"]);
     validate(t, "dsn", &yaml);
