@@ -11,6 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
+    // The descriptors of the service braid serves (dtmgimp.Dtm, with its imports), for gRPC server
+    // reflection; not the test and callback services it only calls.
+    let served = protox::compile(["proto/dtmgimp.proto"], ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("dtmgimp_descriptor.bin"),
+        prost::Message::encode_to_vec(&served),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

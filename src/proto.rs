@@ -12,6 +12,10 @@ pub mod dtmgimp {
     tonic::include_proto!("dtmgimp");
 }
 
+/// The encoded `FileDescriptorSet` of `dtmgimp.proto` and its imports, served by gRPC reflection.
+pub const DTMGIMP_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/dtmgimp_descriptor.bin"));
+
 /// DTM's workflow resume service: `workflow.Workflow/Execute`.
 pub mod workflow {
     tonic::include_proto!("workflow");

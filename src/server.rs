@@ -322,7 +322,15 @@ impl Server {
         let grpc_addr = grpc_listener
             .local_addr()
             .context("reading the gRPC listen address")?;
-        let grpc_service = limiter.grpc_layer().layer(api::grpc::service(state));
+        // DTM's service, and server reflection (grpcurl without `-proto`), which only describes it.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::DTMGIMP_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let grpc_routes = tonic::service::Routes::new(api::grpc::service(state))
+            .add_service(reflection)
+            .prepare();
+        let grpc_service = limiter.grpc_layer().layer(grpc_routes);
         let grpc = tokio::spawn(
             Listener::new("grpc", slots, listener_opts, metrics.clone())
                 .with_tls(server_tls.clone())

@@ -248,7 +248,11 @@ fn full_render_is_valid_and_has_every_optional_part() {
     // By default: no tokens file, no allowlist, no NetworkPolicy.
     let yaml = render(t, "braid", &[]);
     assert!(!kinds_of(&yaml, "NetworkPolicy"));
-    for absent in ["BRAID_AUTH_TOKENS_FILE", "BRAID_BRANCH_ALLOW", "BRAID_AUTH_ANONYMOUS_ROLE"] {
+    for absent in [
+        "BRAID_AUTH_TOKENS_FILE",
+        "BRAID_BRANCH_ALLOW",
+        "BRAID_AUTH_ANONYMOUS_ROLE",
+    ] {
         assert!(!yaml.contains(absent), "default render sets {absent}");
     }
 

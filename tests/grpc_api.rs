@@ -473,3 +473,61 @@ on_every_store!(
     grpc_errors_map_to_status_codes,
     grpc_branch_headers_arrive_as_metadata,
 );
+
+/// Server reflection (what grpcurl uses without `-proto`) lists DTM's service, and only the services braid
+/// serves, and describes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_reflection_lists_and_describes_dtms_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", ts.server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |req: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(req),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol("dtmgimp.Dtm".into())),
+    ];
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let listed = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("not a service list: {listed:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["dtmgimp.Dtm", "grpc.reflection.v1.ServerReflection"]
+    );
+    let described = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = described.message_response else {
+        panic!("not a file descriptor: {described:?}");
+    };
+    let file =
+        prost_types::FileDescriptorProto::decode(&files.file_descriptor_proto[0][..]).unwrap();
+    let service = file
+        .service
+        .iter()
+        .find(|s| s.name() == "Dtm")
+        .expect("Dtm service");
+    let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+    for m in ["NewGid", "Submit", "Prepare", "Abort", "RegisterBranch"] {
+        assert!(methods.contains(&m), "{m} missing: {methods:?}");
+    }
+    ts.stop().await;
+}
