@@ -531,3 +531,50 @@ async fn grpc_reflection_lists_and_describes_dtms_service() {
     }
     ts.stop().await;
 }
+
+/// A gRPC branch named by a host inside `--branch-allow` is checked again when it connects: with networks
+/// listed, a name resolving outside them is never called and the saga fails without retries; with names
+/// only, the same saga succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_branch_names_are_checked_against_the_addresses_they_resolve_to() {
+    let busi = GrpcBusi::start().await;
+    let by_name = |method: &str| {
+        format!(
+            "localhost:{}/busi.Busi/{method}",
+            busi.host().rsplit(':').next().unwrap()
+        )
+    };
+    for (allow, want) in [("localhost,10.0.0.0/8", "failed"), ("localhost", "succeed")] {
+        let mut config = support::test_config(&support::fresh_dsn(Backend::Sqlite));
+        config.branches.allow = Some(allow.to_owned());
+        let ts = TestServer::start_with(config).await;
+        let g = gid("grpc-resolve");
+        let steps = json!([{"action": by_name("TransOut"), "compensate": ""}]);
+        let req = DtmRequest {
+            gid: g.clone(),
+            trans_type: "saga".to_owned(),
+            steps: steps.to_string(),
+            bin_payloads: vec![req_bytes(30, "", "")],
+            ..DtmRequest::default()
+        };
+        ts.grpc().await.submit(req).await.expect("submit");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let status = loop {
+            let s = ts.status(&g).await;
+            if s == "succeed" || s == "failed" {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{g} stuck at {s}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(status, want, "allow {allow}");
+        let calls = busi.methods_of(&g);
+        if want == "failed" {
+            assert!(calls.is_empty(), "no call went out: {calls:?}");
+            assert!(ts.query(&g).await.to_string().contains("--branch-allow"));
+        } else {
+            assert_eq!(calls, ["TransOut"]);
+        }
+        ts.stop().await;
+    }
+}

@@ -220,6 +220,14 @@ pub fn address_refused<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&
         if let Some(refused) = err.downcast_ref::<AddressRefused>() {
             return Some(refused);
         }
+        // An I/O error's `source` skips the error it carries: look inside it.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|e| e.downcast_ref::<AddressRefused>())
+        {
+            return Some(inner);
+        }
         cur = err.source();
     }
     None

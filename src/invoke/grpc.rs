@@ -22,6 +22,7 @@ use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{BranchCall, CallOutcome};
+use crate::engine::allow::{AddressRefused, BranchAllow, address_refused};
 use crate::tls::BranchTls;
 
 /// The scheme of a gRPC branch over TLS: `grpcs://host:port/package.Service/Method`.
@@ -135,14 +136,17 @@ fn host_of(authority: &str) -> &str {
 pub struct GrpcInvoker {
     channels: Arc<Mutex<HashMap<Target, Channel>>>,
     tls: Arc<rustls::ClientConfig>,
+    allow: Arc<BranchAllow>,
 }
 
 impl GrpcInvoker {
-    /// A transport whose TLS channels use `tls` (ALPN `h2`).
-    pub fn new(tls: &Arc<BranchTls>) -> Result<Self, String> {
+    /// A transport whose TLS channels use `tls` (ALPN `h2`); every connection resolves its host through
+    /// `allow` ([`connect_checked`]).
+    pub fn new(allow: Arc<BranchAllow>, tls: &Arc<BranchTls>) -> Result<Self, String> {
         Ok(Self {
             channels: Arc::default(),
             tls: Arc::new(tls.client_config(&[b"h2"]).map_err(|e| e.to_string())?),
+            allow,
         })
     }
 
@@ -160,7 +164,7 @@ impl GrpcInvoker {
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
         let channel = match &target.tls_name {
-            None => endpoint.connect_lazy(),
+            None => endpoint.connect_with_connector_lazy(plain_connector(Arc::clone(&self.allow))),
             Some(name) => {
                 let origin: Uri = format!("https://{host}")
                     .parse()
@@ -169,7 +173,11 @@ impl GrpcInvoker {
                     .map_err(|e| format!("'{name}' cannot be a TLS server name: {e}"))?;
                 endpoint
                     .origin(origin)
-                    .connect_with_connector_lazy(tls_connector(Arc::clone(&self.tls), name))
+                    .connect_with_connector_lazy(tls_connector(
+                        Arc::clone(&self.tls),
+                        name,
+                        Arc::clone(&self.allow),
+                    ))
             }
         };
         channels.insert(target.clone(), channel.clone());
@@ -215,20 +223,102 @@ impl GrpcInvoker {
         }
         let mut client = tonic::client::Grpc::new(channel);
         if let Err(e) = client.ready().await {
+            if let Some(refused) = address_refused(&e) {
+                return CallOutcome::Failure(format!("calling {}: {refused}", call.url));
+            }
             return CallOutcome::Error(format!("calling {}: {e}", call.url));
         }
         match tokio::time::timeout(call.timeout, client.unary(request, path, RawCodec)).await {
             Ok(Ok(_)) => CallOutcome::Success,
-            Ok(Err(status)) => classify_grpc(&status),
+            // A name resolving outside the allowlist: a failure, never retried.
+            Ok(Err(status)) => match address_refused(&status) {
+                Some(refused) => CallOutcome::Failure(format!("calling {}: {refused}", call.url)),
+                None => classify_grpc(&status),
+            },
             Err(_) => CallOutcome::Error(format!("calling {}: timed out", call.url)),
         }
     }
 }
 
 /// Connects over TCP, then TLS with `config` verifying the server as `name`; the server must agree to HTTP/2.
+/// A TCP connection to `authority` (`host:port`): a name is resolved and only the addresses `allow`
+/// accepts are tried ([`BranchAllow::allows_address`]); a name left with none fails with
+/// [`AddressRefused`] inside the I/O error. An IP host was checked as written when the transaction was
+/// created.
+async fn connect_checked(
+    authority: &str,
+    allow: &BranchAllow,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let host = host_of(authority);
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return tokio::net::TcpStream::connect(authority).await;
+    }
+    let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host(authority).await?.collect();
+    let (allowed, refused): (Vec<_>, Vec<_>) = found
+        .into_iter()
+        .partition(|a| allow.allows_address(a.ip()));
+    if allowed.is_empty() && !refused.is_empty() {
+        let refused = AddressRefused {
+            host: host.to_owned(),
+            addrs: refused.iter().map(std::net::SocketAddr::ip).collect(),
+        };
+        tracing::warn!(host, addrs = ?refused.addrs, "gRPC branch call refused: the name resolves outside --branch-allow");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            refused,
+        ));
+    }
+    let mut last = None;
+    for addr in allowed {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{authority} resolves to nothing"),
+        )
+    }))
+}
+
+fn uri_authority(uri: &Uri) -> std::io::Result<String> {
+    uri.authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "gRPC target without a host",
+            )
+        })
+}
+
+/// Plain HTTP/2 connections through [`connect_checked`].
+fn plain_connector(
+    allow: Arc<BranchAllow>,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio::net::TcpStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    tower::service_fn(move |uri: Uri| {
+        let allow = Arc::clone(&allow);
+        async move {
+            let tcp = connect_checked(&uri_authority(&uri)?, &allow).await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(TokioIo::new(tcp))
+        }
+    })
+}
+
 fn tls_connector(
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
+    allow: Arc<BranchAllow>,
 ) -> impl tower::Service<
     Uri,
     Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
@@ -239,18 +329,10 @@ fn tls_connector(
 + 'static {
     let connector = tokio_rustls::TlsConnector::from(config);
     tower::service_fn(move |uri: Uri| {
-        let (connector, name) = (connector.clone(), name.clone());
+        let (connector, name, allow) = (connector.clone(), name.clone(), Arc::clone(&allow));
         async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "gRPC target without a host",
-                    )
-                })?;
-            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let authority = uri_authority(&uri)?;
+            let tcp = connect_checked(&authority, &allow).await?;
             let _ = tcp.set_nodelay(true);
             let tls = connector.connect(name, tcp).await?;
             if tls.get_ref().1.alpn_protocol() != Some(b"h2") {

@@ -118,8 +118,8 @@ impl Invoker {
         tls: &Arc<BranchTls>,
     ) -> Result<Self, String> {
         Ok(Self {
-            http: http::HttpInvoker::new(allow, tls)?,
-            grpc: grpc::GrpcInvoker::new(tls)?,
+            http: http::HttpInvoker::new(Arc::clone(&allow), tls)?,
+            grpc: grpc::GrpcInvoker::new(allow, tls)?,
             metrics,
             discovery: None,
         })
