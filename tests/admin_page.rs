@@ -81,6 +81,10 @@ async fn the_page_can_be_switched_off_and_moved_under_a_base_path() {
                     && body.contains(r#"<meta name="braid-base" content="/ops/braid">"#),
                 "{path}: {body}"
             );
+            assert!(
+                !body.contains("<script>") && !body.contains("style="),
+                "no inline script or style (the policy would block it): {body}"
+            );
         }
     }
     for path in ["/", "/admin", "/admin.js", "/ops/braidx/admin"] {
@@ -178,7 +182,8 @@ fn e2e_tools() -> Option<PathBuf> {
     let why = match (present(), setup) {
         (Ok(found), _) => return Some(found),
         (Err(why), Ok(out)) => format!(
-            "{why}; tests/e2e/setup could not install it:\n{}",
+            "{why}, even after tests/e2e/setup ({}):\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         ),
         (Err(why), Err(e)) => format!("{why}; tests/e2e/setup did not run: {e}"),
