@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Deserialize;
 
+use crate::api::admin::{AdminUi, BasePath};
 use crate::api::limit::LimitOptions;
 use crate::cluster::scanner::ScannerOptions;
 use crate::cluster::{ClusterOptions, LeaseBackendKind, LeaseTiming};
@@ -336,6 +337,16 @@ settings! {
         /// (PostgreSQL), and the verifying mode when the DSN names none.
         store_ca => store_ca: Option<PathBuf> = None, env "BRAID_STORE_CA", from PathBuf => some;
     }
+    /// The admin web page.
+    admin: AdminConfig {
+        /// Serve the admin page: `on` or `off` (its page and files answer 404; the API is unchanged).
+        admin_ui => ui: Switch = Switch::On, env "BRAID_ADMIN_UI";
+        /// Path prefix the admin page, its files and the API calls it makes are served under, e.g.
+        /// `/ops/braid` behind an ingress path that is forwarded as is (DTM's AdminBasePath). Empty: the
+        /// page is at `/` and `/admin`.
+        admin_base_path => base_path: BasePath = BasePath::default(), env "BRAID_ADMIN_BASE_PATH",
+            dtm "ADMIN_BASE_PATH", from String => base_path;
+    }
     /// Logging.
     log: LogConfig {
         /// Log filter: a level (`info`) or a `RUST_LOG`-style directive list.
@@ -369,6 +380,10 @@ fn millis(v: u64) -> Result<Duration, String> {
     Ok(Duration::from_millis(v))
 }
 
+fn base_path(v: String) -> Result<BasePath, String> {
+    BasePath::parse(&v)
+}
+
 fn some<T>(v: T) -> Result<Option<T>, String> {
     Ok(Some(v))
 }
@@ -386,6 +401,16 @@ fn whole_secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// A feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// What a request without a token gets (`--auth-anonymous-role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -399,6 +424,11 @@ pub enum AnonymousRole {
 }
 
 impl Config {
+    /// Whether and where the admin page is served.
+    pub fn admin_ui(&self) -> AdminUi {
+        AdminUi::new(self.admin.ui == Switch::On, self.admin.base_path.clone())
+    }
+
     /// The APIs' tokens and roles, with the tokens file loaded (an unreadable or invalid file is an error
     /// naming it).
     pub fn auth(&self) -> Result<crate::api::auth::Auth, ConfigError> {
@@ -953,6 +983,11 @@ mod tests {
             (Duration::from_secs(1), Duration::from_secs(3600))
         );
         assert_eq!(cfg.kube.mode, KubeMode::Auto);
+        assert_eq!(
+            (cfg.admin.ui, cfg.admin.base_path.as_str()),
+            (Switch::On, ""),
+            "the admin page is on, at the root"
+        );
         assert!(
             !cfg.kube_options().enabled(&env(&[])),
             "auto is off outside a pod"
@@ -1140,6 +1175,18 @@ AlertWebHook: 'http://alerts.internal/hook'
             .unwrap_err()
             .to_string();
         assert!(err.contains("redis"), "{err}");
+        for bad in ["ops", "/ops/", "/a b", "/a\"b", "/api/x"] {
+            let args = ServeArgs {
+                admin_base_path: Some(bad.to_owned()),
+                ..Default::default()
+            };
+            let err = Config::load_with(&args, &env(&[])).unwrap_err().to_string();
+            assert!(err.contains("admin-base-path"), "{bad:?}: {err}");
+        }
+        let err = Config::load_with(&ServeArgs::default(), &env(&[("ADMIN_BASE_PATH", "x/")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin-base-path"), "{err}");
         let args = ServeArgs {
             retry_interval: Some(1),
             timeout_to_fail: Some(1),
@@ -1356,6 +1403,14 @@ AlertWebHook: 'http://alerts.internal/hook'
             "6",
             "6",
         ),
+        ("admin-ui", "BRAID_ADMIN_UI", "off", "on", "on"),
+        (
+            "admin-base-path",
+            "BRAID_ADMIN_BASE_PATH",
+            "/ops/braid",
+            "/braid",
+            "/braid",
+        ),
         ("log-level", "BRAID_LOG_LEVEL", "debug", "warn", "warn"),
         ("log-format", "BRAID_LOG_FORMAT", "json", "json", "json"),
         (
@@ -1516,6 +1571,7 @@ AlertWebHook: 'http://alerts.internal/hook'
         ("TRANS_CRON_INTERVAL", "4"),
         ("LOG_LEVEL", "error"),
         ("ALERT_WEB_HOOK", "http://dtm/h"),
+        ("ADMIN_BASE_PATH", "/dtm"),
         ("ALERT_RETRY_LIMIT", "7"),
         ("STORE_DRIVER", "mysql"),
         ("STORE_HOST", "dh"),
@@ -1535,6 +1591,7 @@ AlertWebHook: 'http://alerts.internal/hook'
         ("log-level", "error"),
         ("alert-webhook", "http://dtm/h"),
         ("alert-retry-limit", "7"),
+        ("admin-base-path", "/dtm"),
         ("store", "mysql://du:dp@dh:3307/ddb"),
     ];
 
@@ -1582,6 +1639,8 @@ AlertWebHook: 'http://alerts.internal/hook'
             ("lease-prefix", c.cluster.lease_prefix.clone()),
             ("alert-webhook", opt(&c.alert.webhook)),
             ("alert-retry-limit", c.alert.retry_limit.to_string()),
+            ("admin-ui", name(c.admin.ui)),
+            ("admin-base-path", c.admin.base_path.as_str().to_owned()),
             ("log-level", c.log.level.clone()),
             ("log-format", name(c.log.format)),
             ("auth-token-admin", opt(&c.auth.token_admin)),

@@ -284,8 +284,9 @@ impl Server {
                 cancel.clone(),
             ));
         }
-        let mut state =
-            AppState::new(engine.clone(), metrics.clone(), cluster.clone()).with_auth(auth);
+        let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone())
+            .with_auth(auth)
+            .with_admin_ui(config.admin_ui());
         if let Some(k) = &kube {
             state = state.with_ready_gate(
                 "the first sync of TransactionPolicies and EndpointSlices",

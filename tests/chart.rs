@@ -179,6 +179,8 @@ fn default_render_is_valid_and_minimal() {
         "name: BRAID_MAX_INFLIGHT_BYTES\n              value: \"32Mi\"",
         "name: BRAID_MAX_CONCURRENT_REQUESTS\n              value: \"1024\"",
         "name: BRAID_MAX_CONNECTIONS\n              value: \"4096\"",
+        // The admin page on, at the root.
+        "name: BRAID_ADMIN_UI\n              value: \"on\"",
         "memory: 1Gi",
         "memory: 256Mi",
     ] {
@@ -188,6 +190,10 @@ fn default_render_is_valid_and_minimal() {
         );
     }
     assert!(!yaml.contains("HEALTHCHECK"));
+    assert!(
+        !yaml.contains("BRAID_ADMIN_BASE_PATH"),
+        "no base path by default"
+    );
 }
 
 #[test]
@@ -232,6 +238,7 @@ fn full_render_is_valid_and_has_every_optional_part() {
         "port: 36789",
         "port: 36790",
         "braid.example.com/client: \"true\"",
+        "name: BRAID_ADMIN_BASE_PATH\n              value: \"/ops/braid\"",
     ] {
         assert!(yaml.contains(needle), "full render lacks {needle:?}");
     }
@@ -389,6 +396,45 @@ fn tls_comes_from_an_existing_secret_or_from_cert_manager() {
             &["template", "braid", "charts/braid", "--set", set],
         );
         assert!(!ok && stderr.contains(message), "{set}: {stderr}");
+    }
+}
+
+/// `admin.enabled` and `admin.basePath` reach braid; a base path braid would refuse fails the render.
+#[test]
+fn admin_page_values_reach_braid_and_bad_base_paths_are_refused() {
+    let Some(t) = tools() else { return };
+    let yaml = render(t, "braid", &["--set", "admin.enabled=false"]);
+    assert!(
+        yaml.contains("name: BRAID_ADMIN_UI\n              value: \"off\""),
+        "{yaml}"
+    );
+    let yaml = render(t, "braid", &["--set", "admin.basePath=/a.b/c_d-e~f"]);
+    assert!(
+        yaml.contains("name: BRAID_ADMIN_BASE_PATH\n              value: \"/a.b/c_d-e~f\""),
+        "{yaml}"
+    );
+    for bad in [
+        "ops",
+        "/ops/",
+        "/",
+        "//ops",
+        "/o ps",
+        "/o\"ps",
+        "/api",
+        "/api/admin",
+    ] {
+        let (ok, _, stderr) = run(
+            &t.helm,
+            &[
+                "template",
+                "braid",
+                "charts/braid",
+                "--set-string",
+                &format!("admin.basePath={bad}"),
+            ],
+        );
+        assert!(!ok, "{bad:?} rendered");
+        assert!(stderr.contains("admin.basePath"), "{bad:?}: {stderr}");
     }
 }
 

@@ -362,10 +362,11 @@ pub(crate) fn bearer(value: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// What an HTTP route needs.
+/// What an HTTP route of the API needs (the admin page's own paths are decided by
+/// [`super::admin::AdminUi::need`] first).
 pub(crate) fn http_need(path: &str) -> Need {
     match path {
-        "/api/ping" | "/api/ready" | "/" | "/admin" | "/admin.js" | "/admin.css" => Need::Open,
+        "/api/ping" | "/api/ready" => Need::Open,
         "/api/metrics" => Need::Metrics,
         "/api/json-rpc" => Need::Client,
         _ => match path.strip_prefix("/api/dtmsvr/") {
@@ -406,7 +407,8 @@ pub(crate) async fn require_role(
     req: Request,
     next: Next,
 ) -> Response {
-    let need = http_need(req.uri().path());
+    let path = req.uri().path();
+    let need = state.admin.need(path).unwrap_or_else(|| http_need(path));
     let token = bearer(
         req.headers()
             .get(axum::http::header::AUTHORIZATION)

@@ -43,6 +43,16 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/queryKV", get(query_kv))
 }
 
+/// The routes the admin page calls, served again under its base path when it has one.
+pub(crate) fn page_routes() -> Router<AppState> {
+    Router::new()
+        .route("/version", get(version))
+        .route("/all", get(all))
+        .route("/query", get(query))
+        .route("/forceStop", post(force_stop))
+        .route("/resetNextCronTime", post(reset_next_cron_time))
+}
+
 async fn version() -> Json<Value> {
     Json(json!({"version": concat!("v", env!("CARGO_PKG_VERSION"))}))
 }

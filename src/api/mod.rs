@@ -1,8 +1,9 @@
 //! The HTTP API: DTM's routes under `/api/dtmsvr` (spec §4), `/api/ping`, `/api/ready`, `/api/metrics`, the
-//! admin page, and braid's own `/api/braid/cluster` (membership and partition ownership as this replica sees
+//! admin page (admin.rs; optionally under a base path), and braid's own `/api/braid/cluster` (membership and partition ownership as this replica sees
 //! them).
 //! Every error becomes a response in exactly one place ([`Error`]'s `IntoResponse`).
 
+pub mod admin;
 pub mod auth;
 mod body;
 mod dtmsvr;
@@ -45,6 +46,8 @@ pub struct AppState {
     gates: Vec<(&'static str, Arc<AtomicBool>)>,
     /// Tokens and roles.
     pub(crate) auth: auth::Auth,
+    /// Whether and where the admin page is served.
+    pub(crate) admin: admin::AdminUi,
 }
 
 impl AppState {
@@ -56,7 +59,15 @@ impl AppState {
             cluster,
             gates: Vec::new(),
             auth: auth::Auth::default(),
+            admin: admin::AdminUi::default(),
         }
+    }
+
+    /// Serves the admin page as `admin` says (without it: on, at the root).
+    #[must_use]
+    pub fn with_admin_ui(mut self, admin: admin::AdminUi) -> Self {
+        self.admin = admin;
+        self
     }
 
     /// Checks tokens and roles with `auth` (without it, every request is admin).
@@ -230,10 +241,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/ready", get(ready))
         .route("/api/metrics", get(metrics_text))
-        .route("/", get(admin_page))
-        .route("/admin", get(admin_page))
-        .route("/admin.js", get(admin_script))
-        .route("/admin.css", get(admin_style))
+        .merge(state.admin.routes())
         .route("/api/braid/cluster", get(cluster_view))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(middleware::from_fn_with_state(
@@ -247,39 +255,6 @@ pub fn router(state: AppState) -> Router {
             Error::Internal("internal error".to_owned()).into_response()
         }))
         .with_state(state)
-}
-
-/// The admin page's Content-Security-Policy: its script and style come from braid itself, it talks to
-/// braid only, and no other site may frame it.
-const ADMIN_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-     img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// An admin asset with its type and the page's security headers.
-fn admin_asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (axum::http::header::CONTENT_TYPE, content_type),
-            (axum::http::header::CONTENT_SECURITY_POLICY, ADMIN_CSP),
-            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
-            (axum::http::header::REFERRER_POLICY, "no-referrer"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-/// The admin page: list, filter and inspect transactions; force-stop or retry one now.
-async fn admin_page() -> Response {
-    admin_asset("text/html; charset=utf-8", include_str!("admin.html"))
-}
-
-async fn admin_script() -> Response {
-    admin_asset("text/javascript; charset=utf-8", include_str!("admin.js"))
-}
-
-async fn admin_style() -> Response {
-    admin_asset("text/css; charset=utf-8", include_str!("admin.css"))
 }
 
 /// Refuses what a browser sends on behalf of another site (CSRF), before any handler runs:

@@ -54,6 +54,7 @@ const HONOURED: &[&str] = &[
     "LOG_LEVEL",
     "ALERT_RETRY_LIMIT",
     "ALERT_WEB_HOOK",
+    "ADMIN_BASE_PATH",
 ];
 
 /// DTM names braid has no equivalent for, and why.
@@ -157,10 +158,6 @@ pub(super) const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "CONFIG_UPDATE_INTERVAL",
         "braid reads topics from the store when a message is prepared, so there is nothing to refresh",
-    ),
-    (
-        "ADMIN_BASE_PATH",
-        "the admin page is served at / (or behind a path-rewriting ingress)",
     ),
     (
         "GRPC_SERVICE_CONFIG",

@@ -101,4 +101,9 @@ httpGet:
 {{- if and .Values.tls.certManager.issuerRef (not .Values.tls.existingSecret) (not .Values.tls.certManager.issuerRef.name) }}
 {{- fail "tls.certManager.issuerRef needs a name (and a kind: Issuer or ClusterIssuer)" }}
 {{- end }}
+{{- with .Values.admin.basePath }}
+{{- if or (not (regexMatch "^(/[A-Za-z0-9._~-]+)+$" .)) (regexMatch "^/api(/|$)" .) }}
+{{- fail (printf "admin.basePath %q must start with '/', must not end with '/', may hold only letters, digits and -._~ in non-empty segments, and must not be under /api (e.g. /ops/braid)" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
