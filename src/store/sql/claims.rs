@@ -73,29 +73,17 @@ impl SqlStore {
     ) -> Result<Vec<GlobalTxn>> {
         let pfilter = Self::partition_filter(partitions);
         match self.dialect {
-            Dialect::Sqlite => {
-                // One statement under SQLite's single-writer lock.
+            Dialect::Sqlite | Dialect::Postgres => {
+                // One statement: under SQLite's single-writer lock as it is; on PostgreSQL the inner SELECT
+                // locks the due rows no one else holds, and the UPDATE claims and returns them.
+                let lock = if self.dialect == Dialect::Postgres {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    ""
+                };
                 let sql = format!(
                     "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN (SELECT id FROM braid_txn \
-                     WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?) RETURNING {TXN_COLS}"
-                );
-                let sql = self.sql(&sql);
-                let q = sqlx::query(&sql)
-                    .bind(c.lease_until.0)
-                    .bind(c.owner.as_str())
-                    .bind(c.now.0);
-                let rows = bind_partitions(q, partitions)
-                    .bind(i64::from(c.limit))
-                    .fetch_all(&mut **tx)
-                    .await?;
-                rows.iter().map(decode_txn).collect()
-            }
-            Dialect::Postgres => {
-                // One statement: the inner SELECT locks the due rows no one else holds, the UPDATE claims
-                // them and returns them as they are now.
-                let sql = format!(
-                    "UPDATE braid_txn SET next_cron_time = ?, owner = ?, version = version + 1 WHERE id IN (SELECT id FROM braid_txn \
-                     WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING {TXN_COLS}"
+                     WHERE next_cron_time <= ?{pfilter} ORDER BY next_cron_time LIMIT ?{lock}) RETURNING {TXN_COLS}"
                 );
                 let sql = self.sql(&sql);
                 let q = sqlx::query(&sql)
