@@ -430,14 +430,19 @@ impl Config {
     }
 
     /// The APIs' tokens and roles, with the tokens file loaded (an unreadable or invalid file is an error
-    /// naming it).
-    pub fn auth(&self) -> Result<crate::api::auth::Auth, ConfigError> {
+    /// naming it) and returned for [`crate::reload::watch`].
+    pub fn auth(
+        &self,
+    ) -> Result<(crate::api::auth::Auth, Option<crate::api::auth::TokensFile>), ConfigError> {
         let auth = self.auth_without_file();
-        if let Some(path) = &self.auth.tokens_file {
-            auth.load_tokens_file(path)
-                .map_err(|e| ConfigError(format!("auth-tokens-file: {e}")))?;
-        }
-        Ok(auth)
+        let file = match &self.auth.tokens_file {
+            Some(path) => Some(
+                crate::api::auth::TokensFile::load(path, auth.clone())
+                    .map_err(|e| ConfigError(format!("auth-tokens-file: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok((auth, file))
     }
 
     fn auth_without_file(&self) -> crate::api::auth::Auth {

@@ -13,6 +13,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;

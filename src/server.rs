@@ -29,10 +29,10 @@ use crate::invoke::Invoker;
 use crate::kube::{KubeMode, KubeRuntime};
 use crate::listener::{self, ConnectionSlots, Listener};
 use crate::metrics::Metrics;
+use crate::reload;
 use crate::store::clock::StoreClock;
 use crate::store::writer::Writer;
 use crate::store::{self, DynStore, redact_dsn};
-use crate::tls;
 
 /// What to start besides the API.
 #[derive(Clone)]
@@ -112,7 +112,7 @@ pub struct Server {
     pub clock: StoreClock,
     /// Whether the listeners speak TLS.
     pub tls: bool,
-    tls_watchers: Vec<JoinHandle<()>>,
+    watchers: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
     keeper_cancel: CancellationToken,
     keeper: JoinHandle<()>,
@@ -126,9 +126,6 @@ pub struct Server {
     kube_cancel: CancellationToken,
     grace: Duration,
 }
-
-/// How often the tokens file is checked for changes.
-const TOKENS_FILE_POLL: Duration = Duration::from_secs(2);
 
 /// Opens the store, retrying every 3 s while it is unreachable (as DTM waits for its store), until `cancel`.
 pub async fn open_store(dsn: &str, cancel: &CancellationToken) -> anyhow::Result<DynStore> {
@@ -151,9 +148,10 @@ impl Server {
     /// Starts everything the configuration describes.
     pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
-        // Certificate files first: a bad one is a configuration error, whatever the store does.
+        // Certificate and tokens files first: a bad one is a configuration error, whatever the store does.
         let server_tls = config.server_tls()?.map(Arc::new);
         let branch_tls = Arc::new(config.branch_tls()?);
+        let (auth, tokens_file) = config.auth()?;
         let store = open_store(&config.store_dsn()?, &cancel).await?;
         let metrics = Arc::new(Metrics::new());
         let clock = StoreClock::from_store(&store)
@@ -206,7 +204,7 @@ impl Server {
             None => None,
         };
         let engine_options = config.engine_options();
-        let mut invoker = Invoker::with_tls(
+        let mut invoker = Invoker::new(
             metrics.clone(),
             Arc::new(engine_options.branch_allow.clone()),
             &branch_tls,
@@ -276,14 +274,6 @@ impl Server {
             .map(str::to_owned)
             .collect();
         crate::api::render::set_sensitive_headers(&sensitive);
-        let auth = config.auth()?;
-        if let Some(path) = &config.auth.tokens_file {
-            tokio::spawn(auth.clone().watch_tokens_file(
-                path.clone(),
-                TOKENS_FILE_POLL,
-                cancel.clone(),
-            ));
-        }
         let mut state = AppState::new(engine.clone(), metrics.clone(), cluster.clone())
             .with_auth(auth)
             .with_admin_ui(config.admin_ui());
@@ -342,14 +332,21 @@ impl Server {
                     cancel.clone(),
                 ),
         );
-        let mut tls_watchers = Vec::new();
+        let mut watchers = Vec::new();
         if branch_tls.has_files() {
-            tls_watchers.push(tls::watch(branch_tls, tls::RELOAD_INTERVAL, cancel.clone()));
+            watchers.push(reload::watch(branch_tls, reload::INTERVAL, cancel.clone()));
+        }
+        if let Some(file) = tokens_file {
+            watchers.push(reload::watch(
+                Arc::new(file),
+                reload::INTERVAL,
+                cancel.clone(),
+            ));
         }
         if let Some(server_tls) = &server_tls {
-            tls_watchers.push(tls::watch(
+            watchers.push(reload::watch(
                 server_tls.clone(),
-                tls::RELOAD_INTERVAL,
+                reload::INTERVAL,
                 cancel.clone(),
             ));
         }
@@ -369,7 +366,7 @@ impl Server {
             http_addr,
             grpc_addr,
             tls: server_tls.is_some(),
-            tls_watchers,
+            watchers,
             engine,
             scanner,
             metrics,
@@ -406,7 +403,7 @@ impl Server {
         self.cancel.cancel();
         let _ = self.http.await;
         let _ = self.grpc.await;
-        for watcher in self.tls_watchers {
+        for watcher in self.watchers {
             let _ = watcher.await;
         }
         if let Some(scan) = self.scan {

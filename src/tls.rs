@@ -3,7 +3,7 @@
 //! ([`BranchTls`]).
 //!
 //! Files are PEM. They are read at start, where a bad one is an error naming its setting and path, and then
-//! polled every [`RELOAD_INTERVAL`] by [`watch`] (cert-manager and kubelet rotate a Secret's files in place):
+//! polled by [`crate::reload::watch`] (cert-manager and kubelet rotate a Secret's files in place):
 //! when their contents change, the new set is checked and takes effect for the next handshakes; a set that
 //! does not load (a half-written file, a key that does not match the certificate) keeps the previous one in
 //! force and is logged once, as a warning naming the file. Connections already open keep the certificate they
@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
@@ -21,10 +20,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use tokio_util::sync::CancellationToken;
 
-/// How often the certificate files are looked at for changes.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+use crate::reload::{Reload, Reloadable};
 
 /// ALPN of the listeners: HTTP/2 first (gRPC needs it), then HTTP/1.1.
 const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -129,17 +126,6 @@ struct Watched {
     seen: Mutex<Option<Result<Vec<Vec<u8>>, TlsError>>>,
 }
 
-/// What a look at the files found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reload {
-    /// Nothing changed since the last look.
-    Unchanged,
-    /// The files changed and are now in use.
-    Reloaded,
-    /// The files changed but cannot be used; the previous ones stay in force.
-    Failed(TlsError),
-}
-
 impl Watched {
     fn new(files: Vec<TlsFile>) -> Self {
         Self {
@@ -182,52 +168,9 @@ impl Watched {
                 apply(built);
                 Reload::Reloaded
             }
-            Err(e) => Reload::Failed(e),
+            Err(e) => Reload::Failed(e.to_string()),
         }
     }
-}
-
-/// Something whose files [`watch`] polls.
-pub trait Reloadable: Send + Sync + 'static {
-    /// What it is, for the logs (`listener TLS`, `branch TLS`).
-    fn what(&self) -> &'static str;
-    /// Looks at the files and takes them when they changed and load.
-    fn reload(&self) -> Reload;
-}
-
-/// Polls `target`'s files every `interval` until `cancel`, logging each change taken (info) and each change
-/// refused (warning: the previous files stay in force).
-pub fn watch(
-    target: Arc<dyn Reloadable>,
-    interval: Duration,
-    cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            let polled = Arc::clone(&target);
-            let Ok(outcome) = tokio::task::spawn_blocking(move || polled.reload()).await else {
-                continue;
-            };
-            match outcome {
-                Reload::Unchanged => {}
-                Reload::Reloaded => {
-                    tracing::info!(
-                        what = target.what(),
-                        "TLS files changed: new certificates in use"
-                    );
-                }
-                Reload::Failed(e) => tracing::warn!(
-                    what = target.what(),
-                    error = %e,
-                    "TLS files changed but cannot be used; keeping the previous certificates"
-                ),
-            }
-        }
-    })
 }
 
 /// The listeners' TLS: certificate, key and optional client CA (mutual TLS), reloaded when they change.

@@ -232,65 +232,6 @@ impl Auth {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = entries;
     }
 
-    /// Loads the tokens file at `path` now; an error names the file.
-    pub fn load_tokens_file(&self, path: &std::path::Path) -> Result<usize, TokensFileError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let entries = parse_tokens_file(&shown, &text)?;
-        let n = entries.len();
-        self.set_file_tokens(entries);
-        Ok(n)
-    }
-
-    /// Re-reads the tokens file every `every` until `cancel`, applying a changed file. A file that cannot
-    /// be read or parsed keeps the tokens in force and logs why (a half-written file or a bad edit must not
-    /// open or close the API).
-    pub async fn watch_tokens_file(
-        self,
-        path: std::path::PathBuf,
-        every: std::time::Duration,
-        cancel: tokio_util::sync::CancellationToken,
-    ) {
-        let mut last = std::fs::read(&path).ok();
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            let now = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "tokens file unreadable; keeping the tokens in force");
-                    continue;
-                }
-            };
-            if last.as_ref() == Some(&now) {
-                continue;
-            }
-            let shown = path.display().to_string();
-            match std::str::from_utf8(&now)
-                .map_err(|e| TokensFileError::Invalid {
-                    path: shown.clone(),
-                    reason: format!("not UTF-8: {e}"),
-                })
-                .and_then(|text| parse_tokens_file(&shown, text))
-            {
-                Ok(entries) => {
-                    tracing::info!(file = %shown, tokens = entries.len(), "tokens file reloaded");
-                    self.set_file_tokens(entries);
-                    last = Some(now);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "tokens file refused; keeping the tokens in force");
-                    last = Some(now);
-                }
-            }
-        }
-    }
-
     /// Decides a request that presents `token` (the bearer value, if any) for a route that needs `need`.
     pub(crate) fn check(&self, token: Option<&str>, need: Need) -> Result<(), Denied> {
         let needed = match need {
@@ -348,6 +289,70 @@ impl Auth {
             Err(Denied::Missing)
         } else {
             Err(Denied::Forbidden)
+        }
+    }
+}
+
+/// The tokens file of an [`Auth`], re-read by [`crate::reload::watch`]: a changed file that parses replaces
+/// the file's tokens; one that cannot be read or parsed keeps the tokens in force.
+pub struct TokensFile {
+    path: std::path::PathBuf,
+    auth: Auth,
+    /// The contents last looked at (taken or refused), so each change is tried and reported once.
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl TokensFile {
+    /// Loads the file at `path` into `auth` now; an error names the file.
+    pub fn load(path: &std::path::Path, auth: Auth) -> Result<Self, TokensFileError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| TokensFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        auth.set_file_tokens(Self::parse(&shown, &bytes)?);
+        Ok(Self {
+            path: path.to_owned(),
+            auth,
+            seen: std::sync::Mutex::new(Some(bytes)),
+        })
+    }
+
+    fn parse(shown: &str, bytes: &[u8]) -> Result<Vec<TokenEntry>, TokensFileError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| TokensFileError::Invalid {
+            path: shown.to_owned(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        parse_tokens_file(shown, text)
+    }
+}
+
+impl crate::reload::Reloadable for TokensFile {
+    fn what(&self) -> &'static str {
+        "tokens file"
+    }
+
+    fn reload(&self) -> crate::reload::Reload {
+        use crate::reload::Reload;
+        let shown = self.path.display().to_string();
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) => return Reload::Failed(format!("tokens file {shown}: cannot read it: {e}")),
+        };
+        let Ok(mut seen) = self.seen.lock() else {
+            return Reload::Unchanged;
+        };
+        if seen.as_ref() == Some(&bytes) {
+            return Reload::Unchanged;
+        }
+        let parsed = Self::parse(&shown, &bytes);
+        *seen = Some(bytes);
+        match parsed {
+            Ok(entries) => {
+                self.auth.set_file_tokens(entries);
+                Reload::Reloaded
+            }
+            Err(e) => Reload::Failed(e.to_string()),
         }
     }
 }
