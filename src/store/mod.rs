@@ -309,13 +309,18 @@ pub(crate) fn split_database(dsn: &str) -> Result<(String, String)> {
     Ok((format!("{scheme}://{authority}/{query}"), db.to_owned()))
 }
 
+/// What a DSN's user or password keeps as is: letters, digits and `-._~` (RFC 3986 unreserved).
+const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What a DSN query value (a file path) keeps as is: the unreserved characters and `/`.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &USERINFO.remove(b'/');
+
 /// `s` percent-encoded for the user or password part of a DSN: everything but letters, digits and `-._~`.
 pub fn dsn_encode(s: &str) -> String {
-    const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
     percent_encoding::utf8_percent_encode(s, USERINFO).to_string()
 }
 
@@ -339,10 +344,10 @@ fn encode_userinfo_part(part: &str) -> String {
         let escaped = b == b'%'
             && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
             && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || escaped {
-            out.push(char::from(b));
+        if escaped {
+            out.push('%');
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push_str(&percent_encoding::percent_encode(&[b], USERINFO).to_string());
         }
         i += 1;
     }
@@ -438,15 +443,7 @@ pub fn dsn_with_ca(dsn: &str, ca: &std::path::Path) -> Option<String> {
 
 /// `s` percent-encoded for a URL query value (a path may hold `&`, `#`, `+`, spaces).
 fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// The DSN with any password replaced by `***`, for logs and error messages.
