@@ -103,16 +103,9 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// A new invoker with pooled connections, whose TLS trusts the public web roots only, and no
-    /// allowlist beyond the default (link-local addresses refused).
-    pub fn new(metrics: Arc<Metrics>) -> Result<Self, String> {
-        let tls = BranchTls::load(None, None).map_err(|e| e.to_string())?;
-        Self::with_tls(metrics, Arc::new(BranchAllow::default()), &Arc::new(tls))
-    }
-
     /// A new invoker with pooled connections, calling `https://` and `grpcs://` branches with `tls`; branch
     /// host names are checked against `allow` when they resolve.
-    pub fn with_tls(
+    pub fn new(
         metrics: Arc<Metrics>,
         allow: Arc<BranchAllow>,
         tls: &Arc<BranchTls>,

@@ -119,23 +119,42 @@ impl Dialect {
 }
 
 /// Fixed statements rewritten for PostgreSQL, each once per process (the set is the program's own
-/// statement texts, so it is bounded).
+/// statement texts, so it is bounded). Read-mostly: a write lock only for a statement's first use.
 static POSTGRES_STMTS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<&'static str, &'static str>>,
+    std::sync::RwLock<std::collections::HashMap<&'static str, &'static str>>,
 > = std::sync::LazyLock::new(Default::default);
 
 impl SqlStore {
     /// A fixed statement in this store's syntax (see the module docs).
     pub(super) fn stmt(&self, sql: &'static str) -> &'static str {
-        let Cow::Owned(rewritten) = self.dialect.sql(sql) else {
+        if self.dialect != Dialect::Postgres {
             return sql;
-        };
+        }
+        let known = POSTGRES_STMTS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sql)
+            .copied();
+        if let Some(rewritten) = known {
+            return rewritten;
+        }
+        let rewritten = self.dialect.sql(sql).into_owned();
         let mut stmts = POSTGRES_STMTS
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        stmts
+        let stored: &'static str = stmts
             .entry(sql)
-            .or_insert_with(|| Box::leak(rewritten.into_boxed_str()))
+            .or_insert_with(|| Box::leak(rewritten.into_boxed_str()));
+        stored
+    }
+
+    /// A statement text cached for the process (a borrowed one, as [`SqlStore::stmt`]) or built at run time
+    /// (an owned one), in this store's syntax.
+    pub(super) fn cached_sql(&self, sql: Cow<'static, str>) -> Cow<'static, str> {
+        match sql {
+            Cow::Borrowed(s) => Cow::Borrowed(self.stmt(s)),
+            Cow::Owned(s) => Cow::Owned(self.sql(&s).into_owned()),
+        }
     }
 
     /// A statement built at run time in this store's syntax (see the module docs).

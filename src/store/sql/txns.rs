@@ -217,7 +217,7 @@ impl SqlStore {
         branches: &[Branch],
     ) -> Result<WriteOutcome> {
         let sql = txn_insert_sql(1);
-        let sql = self.sql(&sql);
+        let sql = self.cached_sql(sql);
         let inserted = bind_txn(sqlx::query(&sql), txn)?.execute(&mut **tx).await;
         match inserted {
             Ok(_) => {}
@@ -249,7 +249,7 @@ impl SqlStore {
         for len in pow2_chunks(inserts.len(), INSERT_CHUNK) {
             let chunk = &inserts[done..done + len];
             let sql = txn_insert_sql(len);
-            let sql = self.sql(&sql);
+            let sql = self.cached_sql(sql);
             let mut q = sqlx::query(&sql);
             for (txn, _) in chunk {
                 q = bind_txn(q, txn)?;
@@ -334,7 +334,7 @@ impl SqlStore {
                     vec![row; rows].join(", ")
                 )
             });
-            let sql = self.sql(&sql);
+            let sql = self.cached_sql(sql);
             let mut q = sqlx::query(&sql);
             for b in chunk {
                 q = q
@@ -411,7 +411,7 @@ impl SqlStore {
                 let chunk = &group[done..done + len];
                 done += len;
                 let sql = chunk_sql(slots, len, build);
-                let sql = self.sql(&sql);
+                let sql = self.cached_sql(sql);
                 let mut q = sqlx::query(&sql).bind(status.as_str()).bind(now);
                 if has_time_col {
                     q = q.bind(now);
