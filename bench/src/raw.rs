@@ -65,6 +65,30 @@ pub async fn measure(
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
+    // One task per connection, inserting a row at a time until `stop`, counting while `counting`.
+    macro_rules! spawn_inserter {
+        ($conn:ident, $insert:literal) => {{
+            let (count, counting, stop) = (count.clone(), counting.clone(), stop.clone());
+            let mut $conn = $conn;
+            tasks.spawn(async move {
+                let mut i = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    sqlx::query($insert)
+                        .bind(ROW)
+                        .bind(i)
+                        .execute(&mut $conn)
+                        .await
+                        .context("raw insert")?;
+                    i += 1;
+                    if counting.load(Ordering::Relaxed) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                $conn.close().await.context("closing")?;
+                anyhow::Ok(())
+            });
+        }};
+    }
     match store {
         Store::Mysql { server } => {
             let server = server.trim_end_matches('/').to_owned();
@@ -85,27 +109,10 @@ pub async fn measure(
                 .await
                 .context("emptying raw_commit")?;
             for _ in 0..connections {
-                let mut conn = sqlx::MySqlConnection::connect(&dsn)
+                let conn = sqlx::MySqlConnection::connect(&dsn)
                     .await
                     .context("opening a raw commit connection")?;
-                let (count, counting, stop) = (count.clone(), counting.clone(), stop.clone());
-                tasks.spawn(async move {
-                    let mut i = 0i64;
-                    while !stop.load(Ordering::Relaxed) {
-                        sqlx::query("INSERT INTO raw_commit (v, t) VALUES (?, ?)")
-                            .bind(ROW)
-                            .bind(i)
-                            .execute(&mut conn)
-                            .await
-                            .context("raw insert")?;
-                        i += 1;
-                        if counting.load(Ordering::Relaxed) {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    conn.close().await.context("closing")?;
-                    anyhow::Ok(())
-                });
+                spawn_inserter!(conn, "INSERT INTO raw_commit (v, t) VALUES (?, ?)");
             }
         }
         Store::Postgres { server } => {
@@ -143,27 +150,10 @@ pub async fn measure(
                 .context("emptying raw_commit")?;
             setup.close().await.context("closing")?;
             for _ in 0..connections {
-                let mut conn = sqlx::PgConnection::connect(&dsn)
+                let conn = sqlx::PgConnection::connect(&dsn)
                     .await
                     .context("opening a raw commit connection")?;
-                let (count, counting, stop) = (count.clone(), counting.clone(), stop.clone());
-                tasks.spawn(async move {
-                    let mut i = 0i64;
-                    while !stop.load(Ordering::Relaxed) {
-                        sqlx::query("INSERT INTO raw_commit (v, t) VALUES ($1, $2)")
-                            .bind(ROW)
-                            .bind(i)
-                            .execute(&mut conn)
-                            .await
-                            .context("raw insert")?;
-                        i += 1;
-                        if counting.load(Ordering::Relaxed) {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    conn.close().await.context("closing")?;
-                    anyhow::Ok(())
-                });
+                spawn_inserter!(conn, "INSERT INTO raw_commit (v, t) VALUES ($1, $2)");
             }
         }
         Store::Sqlite { dir } => {
@@ -189,24 +179,7 @@ pub async fn measure(
                 conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;")
                     .await
                     .context("pragmas")?;
-                let (count, counting, stop) = (count.clone(), counting.clone(), stop.clone());
-                tasks.spawn(async move {
-                    let mut i = 0i64;
-                    while !stop.load(Ordering::Relaxed) {
-                        sqlx::query("INSERT INTO raw_commit (v, t) VALUES (?, ?)")
-                            .bind(ROW)
-                            .bind(i)
-                            .execute(&mut conn)
-                            .await
-                            .context("raw insert")?;
-                        i += 1;
-                        if counting.load(Ordering::Relaxed) {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    conn.close().await.context("closing")?;
-                    anyhow::Ok(())
-                });
+                spawn_inserter!(conn, "INSERT INTO raw_commit (v, t) VALUES (?, ?)");
             }
         }
     }
