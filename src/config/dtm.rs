@@ -205,6 +205,7 @@ pub(super) fn flatten(doc: &serde_json::Value) -> Result<BTreeMap<String, String
         path: &mut Vec<String>,
         out: &mut BTreeMap<String, String>,
     ) -> Result<(), ConfigError> {
+        let name = || env_name(&path.iter().map(String::as_str).collect::<Vec<_>>());
         match v {
             serde_json::Value::Object(m) => {
                 for (k, child) in m {
@@ -215,22 +216,13 @@ pub(super) fn flatten(doc: &serde_json::Value) -> Result<BTreeMap<String, String
             }
             serde_json::Value::Null => {}
             serde_json::Value::String(s) => {
-                out.insert(
-                    env_name(&path.iter().map(String::as_str).collect::<Vec<_>>()),
-                    s.clone(),
-                );
+                out.insert(name(), s.clone());
             }
             serde_json::Value::Bool(b) => {
-                out.insert(
-                    env_name(&path.iter().map(String::as_str).collect::<Vec<_>>()),
-                    if *b { "1".into() } else { "0".into() },
-                );
+                out.insert(name(), if *b { "1" } else { "0" }.to_owned());
             }
             serde_json::Value::Number(n) => {
-                out.insert(
-                    env_name(&path.iter().map(String::as_str).collect::<Vec<_>>()),
-                    n.to_string(),
-                );
+                out.insert(name(), n.to_string());
             }
             serde_json::Value::Array(_) => {
                 return Err(ConfigError(format!(
